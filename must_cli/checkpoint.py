@@ -1,0 +1,144 @@
+"""Reading and writing what a run produces: the shipped model file and resumable training checkpoints.
+
+Every write goes to a temporary file in the same folder, is fsynced, then renamed, so a
+crash, a kill or a full disk never leaves a half-written model or checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+
+from must_cli import __version__
+from must_cli.errors import MustError
+from must_cli.model import MustModel, Preprocess, build_visual
+
+MODEL_FORMAT = "must-cli/1"
+MODEL_FILE = "model.safetensors"
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Run ``write(tmp)`` then fsync and rename tmp over ``path``; on any failure remove tmp, keep the old file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+# ---------------------------------------------------------------- the shipped model
+
+
+def save_model(path: Path, model: MustModel, meta: dict[str, Any]) -> None:
+    """Write the image tower + classifier (no [MSK]/decoder: inference never uses them).
+
+    ``meta`` must hold vision_config, classnames, templates, preprocess and config; all
+    of it goes into the safetensors header so predict/export rebuild the net offline.
+    """
+    tensors = {f"visual.{k}": v for k, v in model.visual.state_dict().items()}
+    tensors["classifier"] = model.classifier.detach()
+    tensors["logit_scale"] = model.logit_scale.detach()
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
+    header = {"format": MODEL_FORMAT, "must_cli_version": __version__}
+    header.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()})
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """The model file's header, JSON values decoded; one-line errors for anything that is not ours."""
+    if path.is_dir():
+        path = path / MODEL_FILE
+    if not path.is_file():
+        raise MustError(f"{path}: no model file here: run `must adapt` first or pass --model PATH")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise MustError(
+            f"{path}: not a readable must-cli model ({' '.join(str(e).split())[:120]}): "
+            "the file is truncated or not a safetensors file; re-run `must adapt`"
+        ) from None
+    if header.get("format") != MODEL_FORMAT:
+        raise MustError(f"{path}: a safetensors file but not a must-cli model: pass the model.safetensors that `must adapt` wrote")
+    meta: dict[str, Any] = {}
+    for k, v in header.items():
+        try:
+            meta[k] = json.loads(v)
+        except json.JSONDecodeError:
+            meta[k] = v
+    return meta
+
+
+def load_model(path: Path) -> tuple[MustModel, dict[str, Any]]:
+    """Rebuild the adapted classifier from its file alone (no network, no text tower)."""
+    if path.is_dir():
+        path = path / MODEL_FILE
+    meta = read_metadata(path)
+    try:
+        visual = build_visual(meta["vision_config"])
+        state = load_file(str(path))
+        model = MustModel(visual, state["classifier"], float(state["logit_scale"]))
+        visual_state = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
+        visual.load_state_dict(visual_state, strict=True)
+    except (KeyError, RuntimeError, ValueError, TypeError, SafetensorError) as e:
+        raise MustError(
+            f"{path}: weights do not match the architecture in its metadata ({' '.join(str(e).split())[:120]}): "
+            "the file is damaged or was edited; re-run `must adapt`"
+        ) from None
+    model.eval()
+    return model, meta
+
+
+def preprocess_of(meta: dict[str, Any]) -> Preprocess:
+    p = meta["preprocess"]
+    return Preprocess(int(p["image_size"]), tuple(p["mean"]), tuple(p["std"]), p.get("interpolation", "bicubic"))
+
+
+# ---------------------------------------------------------------- resumable training checkpoints
+
+
+def checkpoint_path(folder: Path, step: int) -> Path:
+    return folder / f"step-{step:08d}.pt"
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    return sorted(folder.glob("step-*.pt")) if folder.is_dir() else []
+
+
+def save_checkpoint(folder: Path, step: int, payload: dict[str, Any], keep: int) -> Path:
+    """Atomically write a training checkpoint, then prune to the newest ``keep``."""
+    path = checkpoint_path(folder, step)
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    for old in list_checkpoints(folder)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint this tool wrote (it holds RNG states and optimiser state, hence full pickle)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated or foreign file: say which and what to do
+        raise MustError(
+            f"{path}: cannot read this checkpoint ({' '.join(str(e).split())[:120]}): delete it to resume from "
+            "the previous one"
+        ) from None

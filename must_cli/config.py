@@ -1,0 +1,148 @@
+"""The single source of truth for every hyperparameter.
+
+A run's configuration is built in layers: the defaults below, then a preset from
+``presets/*.toml``, then the user's ``--config FILE.toml``, then command-line flags.
+The resolved object is written as ``config.toml`` next to every model.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from must_cli.errors import MustError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class MustConfig(BaseModel):
+    """Hyperparameters of one `must adapt` run (defaults: the paper's ImageNet ViT-B/16 row)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # Backbone
+    model: str = Field("ViT-B-16", description="open_clip model name, hf-hub:org/repo or local-dir:PATH")
+    pretrained: str = Field("openai", description="open_clip pretrained tag (ignored for hf-hub: and local-dir:)")
+
+    # Schedule
+    epochs: int = Field(30, ge=1, description="passes over the unlabeled images")
+    batch_size: int = Field(64, ge=2, description="images per step per process (global batch = this x processes x accum_steps)")
+    accum_steps: int = Field(1, ge=1, description="gradient accumulation steps per optimiser step")
+    base_lr: float = Field(2e-5, gt=0, description="learning rate per 256 images; lr = base_lr x global batch / 256")
+    min_lr: float = Field(1e-6, ge=0, description="cosine floor per 256 images, scaled like base_lr")
+    weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay (never on norms, biases, tokens)")
+    layer_decay: float = Field(0.65, gt=0, le=1, description="layer-wise lr decay: block i of L gets layer_decay^(L-i)")
+
+    # Self-training
+    threshold: float = Field(0.7, gt=0, lt=1, description="pseudo-label confidence threshold tau, at the model's own logit scale")
+    ema_mu0: float = Field(0.999, gt=0, lt=1, description="EMA teacher decay at step 0")
+    ema_mu_final: float = Field(0.9998, gt=0, lt=1, description="EMA teacher decay after the ramp")
+    ema_mu_steps: int = Field(2000, ge=1, description="optimiser steps over which the decay ramps linearly to ema_mu_final")
+
+    # Objectives
+    fairness: bool = Field(True, description="use the fairness regulariser")
+    w_fair: float = Field(1.0, ge=0, description="weight of the fairness regulariser")
+    mim: bool = Field(True, description="use masked image modeling (pixel reconstruction)")
+    align: bool = Field(True, description="use [CLS]/[MSK] global-local alignment (needs masking)")
+    w_align: float = Field(0.2, ge=0, description="weight of the alignment loss")
+    mask_ratio: float = Field(0.3, ge=0, lt=1, description="fraction of mask squares replaced by [MSK]")
+    mask_patch_size: int = Field(32, ge=1, description="side of a mask square in pixels at 224-px input (rescaled for other sizes)")
+    fair_running_classes: int = Field(512, ge=2, description="classes from which p_bar becomes a running average")
+
+    # Safety net
+    guard: bool = Field(True, description="keep the zero-shot classifier if the adapted model collapses (label-free check)")
+
+    # Runtime
+    seed: int = Field(0, description="random seed for shuffling, augmentation and masks")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    workers: int = Field(-1, ge=-1, description="DataLoader worker processes (-1: one per core, at most 8)")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
+    compile: bool = Field(False, description="torch.compile the student and teacher (CUDA only)")
+    grad_checkpointing: bool = Field(False, description="trade compute for memory in the transformer blocks")
+    eval_every: int = Field(1, ge=1, description="with --eval-dir: evaluate every N epochs")
+    save_every: int = Field(500, ge=1, description="write a resumable checkpoint every N optimiser steps")
+    keep_checkpoints: int = Field(2, ge=1, description="resumable checkpoints to keep")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise MustError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise MustError(f"{path}: not valid TOML ({e}): fix the syntax") from None
+    except OSError as e:
+        raise MustError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def _check_keys(data: dict[str, Any], source: str) -> None:
+    unknown = sorted(set(data) - set(MustConfig.model_fields))
+    if unknown:
+        raise MustError(
+            f"{source}: unknown key(s) {', '.join(unknown)}: see `must init` for every valid key"
+        )
+
+
+def preset_names() -> list[str]:
+    """Names accepted by --preset, from the TOML files shipped in the package."""
+    return sorted(p.name[:-5] for p in resources.files("must_cli.presets").iterdir() if p.name.endswith(".toml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """Read a shipped preset's values (its [meta] table, documentation only, is dropped)."""
+    ref = resources.files("must_cli.presets") / f"{name}.toml"
+    if not ref.is_file():
+        raise MustError(f"unknown preset '{name}': choose one of {', '.join(preset_names())}")
+    data = tomllib.loads(ref.read_text(encoding="utf-8"))
+    data.pop("meta", None)
+    _check_keys(data, f"preset {name}")
+    return data
+
+
+def resolve_config(
+    preset: str | None = None, config_file: Path | None = None, overrides: dict[str, Any] | None = None
+) -> MustConfig:
+    """Defaults < preset < config file < flags; unknown keys and bad values are one-line errors."""
+    values: dict[str, Any] = {}
+    if preset:
+        values.update(load_preset(preset))
+    if config_file is not None:
+        data = _read_toml(config_file)
+        data.pop("meta", None)
+        _check_keys(data, str(config_file))
+        values.update(data)
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return MustConfig(**values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"])
+        raise MustError(f"config value '{where}': {err['msg']}") from None
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(v)
+
+
+def to_toml(cfg: MustConfig, comments: bool = False) -> str:
+    """Serialise a config; with comments, each key carries its one-line description."""
+    lines = []
+    for name, field in MustConfig.model_fields.items():
+        if comments and field.description:
+            lines.append(f"# {field.description}")
+        lines.append(f"{name} = {_toml_value(getattr(cfg, name))}")
+        if comments:
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,232 @@
+"""The training engine: optimiser groups, schedules, the EMA teacher, one MUST step, one epoch.
+
+Written so that the same code runs on one process or under torchrun: the student may
+be wrapped in DistributedDataParallel, the fairness average is all-gathered with
+gradient, and metrics are summed across ranks before anyone reads them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from must_cli.config import MustConfig
+from must_cli.losses import alignment_loss, fairness_loss, mim_loss, self_training_loss
+from must_cli.model import MustModel
+
+METRIC_NAMES = ("loss", "loss_cls", "loss_fair", "loss_mim", "loss_align", "kept", "agree", "nonfinite", "images")
+
+
+# ---------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(use_cuda: bool) -> Dist:
+    """Join the process group torchrun describes in the environment (NCCL on GPU, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def global_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of every rank, keeping the gradient (equal batch sizes per rank)."""
+    if distributed():
+        from torch.distributed.nn.functional import all_gather
+
+        x = torch.cat(all_gather(x), dim=0)
+    return x.mean(dim=0)
+
+
+def reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    if distributed():
+        x = x.clone()
+        dist.all_reduce(x)
+    return x
+
+
+# ---------------------------------------------------------------- optimisation
+
+
+def layer_id(name: str, num_layers: int) -> int:
+    """0 for the embedding stem (and [MSK]), i+1 for transformer block i, L+1 for the heads."""
+    if name.startswith("visual.transformer.resblocks."):
+        return int(name.split(".")[3]) + 1
+    stem = ("visual.conv1", "visual.class_embedding", "visual.positional_embedding", "visual.ln_pre", "mask_token")
+    return 0 if name.startswith(stem) else num_layers + 1
+
+
+def param_groups(model: MustModel, weight_decay: float, layer_decay: float) -> list[dict]:
+    """AdamW groups: lr scale layer_decay^(L+1-layer_id), no weight decay on 1-D tensors."""
+    num_layers = len(model.visual.transformer.resblocks)
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        lid = layer_id(name, num_layers)
+        decay = p.ndim > 1
+        g = groups.setdefault((lid, decay), {
+            "params": [], "names": [], "weight_decay": weight_decay if decay else 0.0,
+            "lr_scale": layer_decay ** (num_layers + 1 - lid),
+        })
+        g["params"].append(p)
+        g["names"].append(name)
+    return [groups[k] for k in sorted(groups)]
+
+
+def scaled_lr(base_lr: float, global_batch: int) -> float:
+    """The paper's linear scaling rule: lr = base_lr x global batch / 256."""
+    return base_lr * global_batch / 256
+
+
+def cosine_lr(step: int, total: int, peak: float, floor: float) -> float:
+    """Per-iteration cosine from peak to floor, no warmup."""
+    t = min(step, total) / max(total, 1)
+    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def ema_decay(step: int, mu0: float, mu_final: float, ramp_steps: int) -> float:
+    """Teacher decay ramps linearly from mu0 to mu_final over ramp_steps optimiser steps, then stays."""
+    return mu0 + (mu_final - mu0) * min(step / ramp_steps, 1.0)
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
+    """teacher = decay * teacher + (1 - decay) * student, as one foreach kernel per dtype."""
+    t_params = [p for p in teacher.parameters()]
+    s_params = [p.detach() for p in student.parameters()]
+    torch._foreach_lerp_(t_params, s_params, 1.0 - decay)
+    for tb, sb in zip(teacher.buffers(), student.buffers()):
+        tb.copy_(sb)
+
+
+# ---------------------------------------------------------------- the step
+
+
+@dataclass
+class TrainState:
+    """Everything besides weights and optimiser that a resumed run needs to continue exactly."""
+
+    step: int = 0  # optimiser steps done
+    epoch: int = 0  # current epoch (0-based)
+    batches_done: int = 0  # micro-batches of the current epoch already trained on
+    fair_running: torch.Tensor | None = None  # running p_bar when classes are many
+    metrics: list[dict] = field(default_factory=list)
+
+
+def pixel_mask(mask: torch.Tensor, grid: int, patch: int) -> torch.Tensor:
+    """(B, N) token mask -> (B, 1, H, W) pixel mask, 1 where a pixel's patch was masked."""
+    m = mask.reshape(-1, 1, grid, grid).to(torch.float32)
+    return m.repeat_interleave(patch, 2).repeat_interleave(patch, 3)
+
+
+def must_step(
+    student: nn.Module, teacher: MustModel, batch: dict[str, torch.Tensor], cfg: MustConfig,
+    state: TrainState, autocast: Callable[[], contextlib.AbstractContextManager],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One forward of teacher and student and the MUST loss (eq. 6).
+
+    Returns (loss, metric sums aligned with METRIC_NAMES, histogram of kept pseudo-labels).
+    """
+    core: MustModel = student.module if hasattr(student, "module") else student
+    weak, strong = batch["weak"], batch["strong"]
+    mask = batch.get("mask")
+    with torch.no_grad(), autocast():
+        teacher_logits = teacher(weak)
+    with autocast():
+        out = student(strong, mask, features=True, reconstruct=cfg.mim, embed_patches=cfg.align)
+    teacher_probs = teacher_logits.float().softmax(dim=1)
+    loss_cls, keep = self_training_loss(out.logits, teacher_probs, cfg.threshold)
+    loss = loss_cls
+    zero = loss_cls.new_zeros(())
+    loss_fair = loss_mim = loss_align = zero
+    if cfg.fairness:
+        p_bar = global_mean(out.logits.float().softmax(dim=1))
+        if core.num_classes >= cfg.fair_running_classes:
+            if state.fair_running is not None:
+                p_bar = 0.5 * (state.fair_running + p_bar)
+            state.fair_running = p_bar.detach()
+        loss_fair = fairness_loss(p_bar)
+        loss = loss + cfg.w_fair * loss_fair
+    if cfg.mim:
+        target_mask = pixel_mask(mask, core.grid_size, core.patch_size)
+        loss_mim = mim_loss(out.reconstruction, strong, target_mask)
+        loss = loss + loss_mim
+    if cfg.align:
+        loss_align = alignment_loss(out.cls_embedding, out.patch_embeddings, mask)
+        loss = loss + cfg.w_align * loss_align
+    pseudo = teacher_probs.argmax(dim=1)
+    agree = (out.logits.detach().argmax(dim=1) == pseudo).sum()
+    metrics = torch.stack([
+        loss.detach(), loss_cls.detach(), loss_fair.detach(), loss_mim.detach(), loss_align.detach(),
+        keep.sum().float(), agree.float(), (~torch.isfinite(loss.detach())).float(),
+        loss.new_tensor(float(weak.shape[0])),
+    ]).float() * torch.tensor([weak.shape[0]] * 5 + [1] * 4, device=loss.device)
+    hist = torch.bincount(pseudo[keep], minlength=core.num_classes).float()
+    return loss, metrics, hist
+
+
+def train_epoch(
+    student: nn.Module, teacher: MustModel, optimizer: torch.optim.Optimizer, batches: Iterable[dict],
+    cfg: MustConfig, state: TrainState, total_steps: int, peak_lr: float, floor_lr: float,
+    device: torch.device, autocast: Callable[[], contextlib.AbstractContextManager],
+    on_step: Callable[[TrainState, torch.Tensor, torch.Tensor, float], bool],
+) -> None:
+    """Train over ``batches`` (the rest of this epoch); ``on_step`` may return True to stop early.
+
+    ``on_step(state, metric sums, pseudo-label histogram, lr)`` runs after each optimiser
+    step; it owns logging, checkpoints and signals, so this loop stays the method itself.
+    """
+    core: MustModel = student.module if hasattr(student, "module") else student
+    student.train()
+    micro = 0
+    optimizer.zero_grad(set_to_none=True)
+    metrics = hist = None
+    for batch in batches:
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        last_micro = (micro + 1) % cfg.accum_steps == 0
+        sync = contextlib.nullcontext() if last_micro or not hasattr(student, "no_sync") else student.no_sync()
+        with sync:
+            loss, m, h = must_step(student, teacher, batch, cfg, state, autocast)
+            (loss / cfg.accum_steps).backward()
+        metrics = m if metrics is None else metrics + m
+        hist = h if hist is None else hist + h
+        micro += 1
+        state.batches_done += 1
+        if not last_micro:
+            continue
+        lr = cosine_lr(state.step, total_steps, peak_lr, floor_lr)
+        for g in optimizer.param_groups:
+            g["lr"] = lr * g["lr_scale"]
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema_update(teacher, core, ema_decay(state.step, cfg.ema_mu0, cfg.ema_mu_final, cfg.ema_mu_steps))
+        state.step += 1
+        stop = on_step(state, metrics, hist, lr)
+        metrics = hist = None
+        if stop:
+            return

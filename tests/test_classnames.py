@@ -1,0 +1,92 @@
+import time
+
+import pytest
+
+from must_cli.classnames import (
+    IMAGENET_TEMPLATES,
+    fill_templates,
+    read_class_file,
+    read_templates,
+)
+from must_cli.errors import MustError
+
+
+def write(tmp_path, text, name="classes.txt", encoding="utf-8"):
+    path = tmp_path / name
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def test_comments_blank_lines_and_whitespace(tmp_path):
+    path = write(tmp_path, "# my classes\n\n  cat \n\t\ngolden   retriever\n   # indented comment\ndog")
+    assert read_class_file(path) == ["cat", "golden retriever", "dog"]
+
+
+def test_bom_and_crlf(tmp_path):
+    path = write(tmp_path, "cat\r\ndog\r\n\r\n", encoding="utf-8-sig")
+    assert read_class_file(path) == ["cat", "dog"]
+
+
+def test_labels_may_look_like_paths(tmp_path):
+    path = write(tmp_path, "a/b\n..\n../etc\ncafé 🐈\n")
+    assert read_class_file(path) == ["a/b", "..", "../etc", "café 🐈"]
+
+
+def test_ten_thousand_classes_are_fast(tmp_path):
+    path = write(tmp_path, "\n".join(f"class {i}" for i in range(10_000)))
+    start = time.perf_counter()
+    classes = read_class_file(path)
+    assert len(classes) == 10_000 and classes[-1] == "class 9999"
+    assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("cat\ndog\n\n# c\nbird\nfish\nCat\n", r"classes\.txt line 7: 'Cat' repeats line 1: class names must be unique"),
+        ("golden retriever\ngolden  Retriever\n", r"classes\.txt line 2: 'golden Retriever' repeats line 1"),
+        ("\n  \n# only comments\n", r"classes\.txt lists 0 class\(es\): list at least 2 classes"),
+        ("cat\n", r"classes\.txt lists 1 class\(es\)"),
+        ("cat\nd\0g\n", r"classes\.txt line 2: the class name contains a NUL character"),
+    ],
+)
+def test_bad_class_files(tmp_path, text, message):
+    with pytest.raises(MustError, match=message):
+        read_class_file(write(tmp_path, text))
+
+
+def test_missing_and_non_utf8_files(tmp_path):
+    with pytest.raises(MustError, match=r"nope\.txt does not exist: pass the path of your class list file"):
+        read_class_file(tmp_path / "nope.txt")
+    with pytest.raises(MustError, match=r"classes\.txt line 2: not UTF-8 text: save the file as UTF-8"):
+        read_class_file(write(tmp_path, "cat\ncafé\n", encoding="latin-1"))
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(MustError, match=r"cannot read .*folder: .*check the path"):
+        read_class_file(tmp_path / "folder")
+
+
+def test_templates(tmp_path):
+    path = write(tmp_path, "\ufeff# prompts\r\na photo of a {}.\r\n\r\n{} in {weird} braces\r\n", "t.txt")
+    templates = read_templates(path)
+    assert templates == ["a photo of a {}.", "{} in {weird} braces"]
+    assert fill_templates(templates, "a {b}") == ["a photo of a a {b}.", "a {b} in {weird} braces"]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("a photo of a {}.\na photo\n", r"t\.txt line 2: 'a photo' must contain '\{\}' exactly once"),
+        ("# c\n{} and {}\n", r"t\.txt line 2: '\{\} and \{\}' must contain '\{\}' exactly once"),
+        ("# nothing\n\n", r"t\.txt has no template: write at least one prompt"),
+    ],
+)
+def test_bad_templates(tmp_path, text, message):
+    with pytest.raises(MustError, match=message):
+        read_templates(write(tmp_path, text, "t.txt"))
+
+
+def test_imagenet_templates():
+    assert len(IMAGENET_TEMPLATES) == len(set(IMAGENET_TEMPLATES)) == 80
+    assert IMAGENET_TEMPLATES[0] == "a bad photo of a {}."
+    assert all(t.count("{}") == 1 for t in IMAGENET_TEMPLATES)
+    assert fill_templates(IMAGENET_TEMPLATES[:2], "dog") == ["a bad photo of a dog.", "a photo of many dog."]
