@@ -35,7 +35,7 @@ def friendly(fn: Callable) -> Callable:
         except MustError as e:
             if _debug["on"]:
                 raise
-            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             if _debug["on"]:
@@ -92,6 +92,73 @@ def adapt(
     request = AdaptRequest(images=images, classes=classes, templates=templates, output=output,
                            eval_dir=eval_dir, resume=resume)
     run_adapt(request, cfg, Reporter(err_console))
+
+
+@app.command("eval")
+@friendly
+def eval_(
+    images: Path = typer.Argument(..., help="Labeled folder: one sub-folder of images per class, named like the class."),
+    model: Optional[str] = typer.Option(None, "--model", help="Run folder or .safetensors (default runs/latest); with --zero-shot an open_clip spec."),
+    zero_shot: bool = typer.Option(False, "--zero-shot", help="Evaluate plain CLIP (--model, --classes) instead of an adapted model."),
+    classes: Optional[Path] = typer.Option(None, "--classes", help="With --zero-shot: text file, one class name per line."),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="With --zero-shot: open_clip pretrained tag (default openai)."),
+    templates: Optional[Path] = typer.Option(None, "--templates", help="With --zero-shot: prompt templates, one per line with '{}'."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also write every number to this JSON file."),
+    batch_size: int = typer.Option(256, "--batch-size", min=1),
+    workers: int = typer.Option(-1, "--workers", help="Data loading processes (default: cores, max 8)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Measure accuracy on labeled images: top-1, mean per class, per-class recall, most confused pairs."""
+    import json
+
+    from must_cli.checkpoint import atomic_write_text
+    from must_cli.evaluate import EvalRequest, run_eval
+    from must_cli.progress import Reporter
+
+    req = EvalRequest(images, model, zero_shot, classes, pretrained, templates, batch_size, workers, device)
+    res = run_eval(req, Reporter(err_console).warn)
+    out = Reporter(Console())
+    out.table(f"must eval: {res['model']} on {res['images']} images", ["top-1", "mean per class"],
+              [[f"{res['top1']:.2%}", f"{res['mean_per_class']:.2%}"]])
+    out.table("per-class recall", ["class", "recall"], [[c, f"{r:.2%}"] for c, r in res["per_class_recall"].items()])
+    if res["confusions"]:
+        out.table("most confused", ["true", "predicted as", "images"],
+                  [[p["true"], p["predicted"], p["count"]] for p in res["confusions"]])
+    if output is not None:
+        atomic_write_text(output, json.dumps(res, indent=2) + "\n")
+        err_console.print(f"results written to {escape(str(output))}", highlight=False)
+
+
+@app.command("init")
+@friendly
+def init(
+    directory: Path = typer.Argument(Path("."), help="Folder to write must.toml and classes.txt into."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Survey this image folder and suggest a preset."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing must.toml and classes.txt."),
+) -> None:
+    """Write a commented must.toml and a classes.txt template; with --images, suggest a preset."""
+    from rich.table import Table
+
+    from must_cli.scaffold import init_project, survey_images
+
+    out = Console(highlight=False)
+    survey = survey_images(images, lambda msg: err_console.print(f"[yellow]warning:[/] {escape(msg)}")) if images else None
+    written = init_project(directory, survey.preset if survey else None, force)
+    if survey:
+        table = Table(title=f"images in {escape(str(survey.root))}", show_header=False)
+        for key, value in [
+            ("readable", f"{survey.readable:,}"), ("skipped", f"{survey.skipped:,}"),
+            ("formats", ", ".join(f"{ext} {n:,}" for ext, n in survey.formats.items())),
+            *[(k, "{} x {}".format(*wh)) for k, wh in
+              [("smallest", survey.smallest), ("median", survey.median), ("largest", survey.largest)]],
+        ]:
+            table.add_row(key, value)
+        out.print(table)
+        out.print(f"suggested preset: [bold]{survey.preset}[/] ({escape(survey.reason)}), written into must.toml")
+    for path in written:
+        out.print(f"wrote {escape(str(path))}")
+    out.print(f"next: edit {escape(str(written[1]))}, then run "
+              f"must adapt {escape(str(images or 'IMAGES'))} --classes {escape(str(written[1]))} --config {escape(str(written[0]))}")
 
 
 def run() -> None:

@@ -41,10 +41,10 @@ class Reporter:
         self.task = None
 
     def info(self, message: str) -> None:
-        self.console.print(escape(message), highlight=False)
+        self.console.print(escape(message), highlight=False, soft_wrap=True)
 
     def warn(self, message: str) -> None:
-        self.console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
+        self.console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
     def start_epoch(self, epoch: int, epochs: int, total: int, done: int = 0) -> None:
         self.progress = Progress(

@@ -1,0 +1,126 @@
+"""`must init`: a starting must.toml and classes.txt, and a quick survey of the user's images.
+
+A first run fails most often on setup (a bad class file, an unknown config key, the wrong
+schedule for the folder's size), so `init` writes files that are valid as they stand and
+says which preset fits the images. This module returns data; the cli layer prints it.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from must_cli.config import MustConfig, resolve_config, to_toml
+from must_cli.errors import MustError
+from must_cli.images import display_name, scan_images
+
+CONFIG_NAME = "must.toml"
+CLASSES_NAME = "classes.txt"
+
+SMALL_MAX = 5_000
+"""Below this many images: small-dataset (the paper's DTD, Pets and Caltech101 have 3-4k)."""
+MEDIUM_MAX = 50_000
+"""Below this many images: medium-dataset (UCF101 10k, GTSRB 27k); above: large-dataset (SUN397, Food101, ImageNet)."""
+
+CLASSES_TEMPLATE = """\
+# Class names for `must adapt IMAGES --classes classes.txt`: one class per line.
+# Blank lines and lines starting with # are ignored; list at least 2 classes, each once.
+# Write names as you would say them ("golden retriever", not "n02099601"):
+# each one fills prompts such as "a photo of a {}.".
+# Replace the two example names below with your own classes.
+cat
+dog
+"""
+
+
+@dataclass(frozen=True)
+class ImageSurvey:
+    """What `must init --images` learned about a folder, from file headers only."""
+
+    root: Path
+    readable: int
+    skipped: int
+    formats: dict[str, int]
+    """Readable images per lower-cased file extension (without the dot), most common first."""
+    smallest: tuple[int, int]
+    median: tuple[int, int]
+    largest: tuple[int, int]
+    """(width, height) of the smallest, median and largest image by pixel count."""
+    preset: str
+    reason: str
+
+
+def suggest_preset(count: int) -> tuple[str, str]:
+    """The size preset for `count` images, and a one-line reason to show the user."""
+    if count < SMALL_MAX:
+        return "small-dataset", f"{count:,} images, under {SMALL_MAX:,}: long schedule, short EMA ramp (like DTD, Pets, Caltech101)"
+    if count < MEDIUM_MAX:
+        return "medium-dataset", f"{count:,} images, between {SMALL_MAX:,} and {MEDIUM_MAX:,} (like UCF101, GTSRB)"
+    return "large-dataset", f"{count:,} images, over {MEDIUM_MAX:,}: slow EMA teacher (like ImageNet, Food101, SUN397)"
+
+
+def survey_images(root: Path, warn: Callable[[str], None]) -> ImageSurvey:
+    """Count, check and measure the images under `root` without decoding any pixels.
+
+    Headers are enough for sizes (PIL reads them lazily), so even a large folder is
+    surveyed in seconds; each unusable file costs one `warn` line, as in `must adapt`.
+    """
+    good, skipped = scan_images(root, warn)
+    sizes: list[tuple[int, int]] = []
+    for path in good:
+        with Image.open(path) as image:
+            sizes.append(image.size)
+    sizes.sort(key=lambda wh: (wh[0] * wh[1], wh))
+    formats = Counter(path.suffix.lower().lstrip(".") for path in good)
+    preset, reason = suggest_preset(len(good))
+    return ImageSurvey(
+        root=root, readable=len(good), skipped=len(skipped),
+        formats=dict(formats.most_common()), smallest=sizes[0],
+        median=sizes[(len(sizes) - 1) // 2], largest=sizes[-1], preset=preset, reason=reason,
+    )
+
+
+def config_text(cfg: MustConfig, preset: str | None) -> str:
+    """must.toml: a header saying how to use it, then every key with its description."""
+    origin = (
+        f"# Values: the '{preset}' preset (suggested by `must init --images`; see docs/presets.md),\n"
+        "# written out in full so you can edit any of them.\n"
+        if preset else
+        "# Values: the built-in defaults (the paper's ImageNet ViT-B/16 row).\n"
+    )
+    header = (
+        "# MUST hyperparameters, written by `must init`. Use with:\n"
+        f"#   must adapt IMAGES --classes {CLASSES_NAME} --config {CONFIG_NAME}\n"
+        + origin +
+        "# Precedence: defaults < --preset < --config (this file) < command-line flags.\n"
+        "# Delete a line to fall back to its default; unknown keys are an error.\n\n"
+    )
+    return header + to_toml(cfg, comments=True)
+
+
+def init_project(directory: Path, preset: str | None = None, force: bool = False) -> list[Path]:
+    """Write must.toml and classes.txt into `directory`, returning their paths.
+
+    Existing files are checked before anything is written, so a refusal leaves the
+    folder exactly as it was.
+    """
+    if directory.exists() and not directory.is_dir():
+        raise MustError(f"{display_name(directory)} is not a folder: pass a folder for must.toml and classes.txt")
+    config_path, classes_path = directory / CONFIG_NAME, directory / CLASSES_NAME
+    if not force:
+        for path in (config_path, classes_path):
+            if path.exists():
+                raise MustError(f"{display_name(path)} already exists: pass --force to overwrite it")
+    cfg = resolve_config(preset=preset)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        config_path.write_text(config_text(cfg, preset), encoding="utf-8")
+        classes_path.write_text(CLASSES_TEMPLATE, encoding="utf-8")
+    except OSError as exc:
+        raise MustError(f"cannot write into {display_name(directory)}: {exc.strerror or exc}") from None
+    return [config_path, classes_path]

@@ -1,0 +1,106 @@
+"""`must adapt` end to end on a tiny local-dir CLIP: outputs, metadata, errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors import safe_open
+from typer.testing import CliRunner
+
+from must_cli.checkpoint import load_model
+from must_cli.cli import app
+from must_cli.config import MustConfig, resolve_config
+from must_cli.model import build_must_model
+
+from conftest import CLASSES
+
+runner = CliRunner()
+
+
+def adapt(*args):
+    return runner.invoke(app, ["adapt", *map(str, args)])
+
+
+def test_run_writes_a_loadable_model_with_metadata(adapted_run, tiny_spec):
+    path = adapted_run / "model.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        header = f.metadata()
+    for key in ("format", "vision_config", "classnames", "templates", "preprocess", "config", "must_cli_version"):
+        assert key in header
+    model, meta = load_model(adapted_run)
+    assert meta["classnames"] == CLASSES
+    assert meta["preprocess"]["image_size"] == 32
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+    zero_shot, _ = build_must_model(tiny_spec, None, CLASSES, meta["templates"], torch.device("cpu"))
+    assert not torch.allclose(model.classifier, zero_shot.classifier)  # adaptation changed the head
+
+
+def test_run_writes_resolved_config_and_metrics(adapted_run):
+    cfg = resolve_config(config_file=adapted_run / "config.toml")
+    assert isinstance(cfg, MustConfig) and cfg.epochs == 2 and cfg.batch_size == 8
+    lines = (adapted_run / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(x) for x in lines]
+    assert [r["epoch"] for r in records] == [1, 2]
+    for r in records:
+        assert 0 <= r["kept"] <= 1 and 0 <= r["balance"] <= 1 and 0 <= r["agree"] <= 1 and r["lr"] > 0
+    assert not list(adapted_run.glob(".*tmp"))  # atomic writes leave no temp files
+
+
+def test_eval_dir_tracks_zero_shot_teacher_and_student(tmp_path, tiny_spec, classes_file, unlabeled_images,
+                                                       labeled_images):
+    out = tmp_path / "run"
+    r = adapt(unlabeled_images, "--classes", classes_file, "--model", tiny_spec, "--epochs", 1, "--batch-size", 8,
+              "--workers", 0, "--output", out, "--eval-dir", labeled_images, "--no-mim", "--no-align")
+    assert r.exit_code == 0, r.output
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert set(records[0]["eval"]) == {"zero_shot"}
+    assert set(records[1]["eval"]) == {"teacher", "student"}
+    assert 0 <= records[1]["eval"]["teacher"]["mean_per_class"] <= 1
+
+
+def one_line_error(result, *needles):
+    assert result.exit_code == 1, result.output
+    text = result.output.strip()
+    assert text.startswith("error:") and "\n" not in text and "Traceback" not in text, text
+    for n in needles:
+        assert n in text, text
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, tiny_spec, classes_file, unlabeled_images):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    one_line_error(adapt(empty, "--classes", classes_file, "--model", tiny_spec), "no readable image", "empty")
+    one_line_error(adapt(tmp_path / "nope", "--classes", classes_file, "--model", tiny_spec), "nope")
+    one_line_error(adapt(unlabeled_images, "--classes", tmp_path / "missing.txt", "--model", tiny_spec), "missing.txt")
+    dup = tmp_path / "dup.txt"
+    dup.write_text("cat\ndog\nCat\n")
+    one_line_error(adapt(unlabeled_images, "--classes", dup, "--model", tiny_spec), "dup.txt", "line 3")
+    one_line_error(adapt(unlabeled_images, "--classes", classes_file, "--preset", "nosuch"), "unknown preset")
+    bad_cfg = tmp_path / "bad.toml"
+    bad_cfg.write_text("epochs = 2\nlearning_rate = 0.1\n")
+    one_line_error(adapt(unlabeled_images, "--classes", classes_file, "--config", bad_cfg), "learning_rate", "bad.toml")
+    one_line_error(adapt(unlabeled_images, "--classes", classes_file, "--model", f"local-dir:{tmp_path}"),
+                   str(tmp_path), "open_clip_config.json")
+    one_line_error(adapt(unlabeled_images, "--classes", classes_file, "--model", tiny_spec, "--epochs", 0), "epochs")
+
+
+def test_offline_download_is_a_one_line_error(tmp_path, classes_file, unlabeled_images):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "80"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "must_cli", "adapt", str(unlabeled_images), "--classes", str(classes_file),
+         "--model", "ViT-B-16", "--pretrained", "openai", "--output", str(tmp_path / "run")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 1
+    err = proc.stderr.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    assert "cannot download weights for ViT-B-16" in err and "local-dir:" in err
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_non_vit_tower_is_rejected(tmp_path, classes_file, unlabeled_images):
+    one_line_error(adapt(unlabeled_images, "--classes", classes_file, "--model", "RN50", "--pretrained", ""),
+                   "ViT image towers only")
