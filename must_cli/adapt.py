@@ -7,6 +7,7 @@ owns the run's side effects: the output folder, progress, signals, resume.
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
 import json
 import math
@@ -17,7 +18,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -30,11 +31,12 @@ from must_cli.checkpoint import (
 from must_cli.classnames import IMAGENET_TEMPLATES, read_class_file, read_templates
 from must_cli.config import MustConfig, to_toml
 from must_cli.engine import (
-    METRIC_NAMES, Dist, TrainState, init_distributed, param_groups, reduce_sum, scaled_lr, train_epoch,
+    METRIC_NAMES, Dist, TrainState, broadcast_object, init_distributed, param_groups, reduce_sum, scaled_lr,
+    train_epoch,
 )
 from must_cli.errors import MustError
 from must_cli.evaluate import accuracy_report, labeled_images, predict_labels
-from must_cli.images import scan_images
+from must_cli.images import display_name, scan_images
 from must_cli.masking import MaskGenerator, resolve_mask_patch_size
 from must_cli.model import MustModel, Preprocess, build_must_model, vision_config
 from must_cli.progress import Reporter, SilentReporter
@@ -81,12 +83,60 @@ def default_workers(requested: int) -> int:
 
 
 def resolve_output(request: AdaptRequest, runs_root: Path = Path("runs")) -> Path:
-    """The run folder: --output, else runs/latest when resuming, else runs/<timestamp>."""
+    """The run folder: --output, else the run being resumed (runs/latest or the --resume path), else runs/<timestamp>."""
     if request.output is not None:
         return request.output
-    if request.resume == "auto" and (runs_root / "latest").exists():
+    if request.resume == "auto":
+        if not (runs_root / "latest").exists():
+            raise MustError("--resume: no --output given and no runs/latest to continue: pass --output RUN_FOLDER")
         return (runs_root / "latest").resolve()
+    if request.resume:
+        path = Path(request.resume)
+        path = path.parent if path.is_file() else path
+        return path.parent if path.name == "checkpoints" else path
     return runs_root / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def find_checkpoint(resume: str, ckpt_dir: Path) -> Path:
+    """The checkpoint --resume means: the newest in the run folder ("auto"), or a given file or folder."""
+    if resume == "auto":
+        found = list_checkpoints(ckpt_dir)
+        if not found:
+            raise MustError(f"--resume: no checkpoint in {ckpt_dir}: start without --resume or pass --output to the run folder")
+        return found[-1]
+    path = Path(resume)
+    if path.is_dir():
+        found = list_checkpoints(path / "checkpoints") or list_checkpoints(path)
+        if not found:
+            raise MustError(f"--resume {path}: no checkpoint found in this folder")
+        return found[-1]
+    if not path.is_file():
+        raise MustError(f"--resume {path}: no such checkpoint: pass a run folder or a checkpoints/step-*.pt file")
+    return path
+
+
+def open_run(req: AdaptRequest, is_main: bool) -> tuple[Path, Path | None]:
+    """Rank 0 decides the run folder and the checkpoint to resume, and checks it can write; all ranks get its answer.
+
+    Deciding once matters: a runs/<timestamp> name can differ by a second between processes.
+    A fresh run into a folder that holds checkpoints is refused so a finished or stopped run is never mixed up.
+    """
+    decision: tuple[Path, Path | None] | str = ""
+    if is_main:
+        try:
+            out = resolve_output(req)
+            resume = find_checkpoint(req.resume, out / "checkpoints") if req.resume else None
+            if resume is None and list_checkpoints(out / "checkpoints"):
+                raise MustError(f"{out} already holds checkpoints of a run: add --resume to continue it, "
+                                "or pass a new --output")
+            prepare_output(out)
+            decision = (out, resume)
+        except MustError as e:
+            decision = str(e)
+    decision = broadcast_object(decision)
+    if isinstance(decision, str):
+        raise MustError(decision)
+    return decision
 
 
 def prepare_output(out: Path) -> None:
@@ -115,15 +165,25 @@ def label_balance(hist: torch.Tensor) -> float:
     """Normalised entropy of a class histogram: 1 when every class is predicted equally, 0 for one class."""
     p = hist.float() / hist.sum().clamp_min(1)
     ent = -(p[p > 0] * p[p > 0].log()).sum()
-    return float(ent / math.log(len(hist)))
+    return float(ent / math.log(len(hist))) + 0.0  # + 0.0 turns -0.0 (nothing kept) into 0.0
 
 
-def run_fingerprint(cfg: MustConfig, classnames: list[str], templates: list[str], n_images: int, global_batch: int) -> dict:
-    """What must match for a checkpoint to be resumed (anything else would silently change the run)."""
-    return {
-        "model": cfg.model, "pretrained": cfg.pretrained, "classes": classnames, "templates": templates,
-        "images": n_images, "global_batch": global_batch, "epochs": cfg.epochs,
-    }
+# Settings that may change on resume: they do not change what is computed (beyond rounding).
+RUNTIME_KEYS = frozenset({"device", "workers", "precision", "compile", "grad_checkpointing", "eval_every",
+                          "save_every", "keep_checkpoints", "batch_size", "accum_steps"})
+
+
+def run_fingerprint(cfg: MustConfig, classnames: list[str], templates: list[str], paths: list[Path],
+                    global_batch: int, steps_per_epoch: int) -> dict:
+    """What must match for a checkpoint to be resumed (anything else would silently change the run).
+
+    The per-process batch and accumulation may change (e.g. resume 2 GPUs' run on 1 GPU with
+    --accum-steps 2) as long as the global batch and the steps per epoch stay the same.
+    """
+    images = hashlib.blake2b("\n".join(map(os.fsdecode, paths)).encode("utf-8", "surrogateescape")).hexdigest()
+    hyper = {k: v for k, v in cfg.model_dump().items() if k not in RUNTIME_KEYS}
+    return {**hyper, "classes": classnames, "templates": templates, "images": f"{len(paths)} files {images[:16]}",
+            "global_batch": global_batch, "steps_per_epoch": steps_per_epoch}
 
 
 def _rng_state() -> dict[str, Any]:
@@ -142,10 +202,16 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 class StopRequest:
-    """SIGINT/SIGTERM set a flag; the loop finishes its step, checkpoints and exits cleanly."""
+    """SIGINT/SIGTERM set a flag; the loop finishes its step, checkpoints and exits cleanly.
+
+    A second signal more than a second later means "now" (KeyboardInterrupt). Repeats within
+    the second are the same request delivered twice: on Ctrl-C both the terminal and torchrun
+    signal every worker.
+    """
 
     def __init__(self) -> None:
         self.signal: int | None = None
+        self._at = 0.0
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> "StopRequest":
@@ -154,9 +220,10 @@ class StopRequest:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signal is not None:  # a second Ctrl-C means now
+        if self.signal is None:
+            self.signal, self._at = signum, time.monotonic()
+        elif time.monotonic() - self._at > 1.0:
             raise KeyboardInterrupt
-        self.signal = signum
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
@@ -183,15 +250,13 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
     d: Dist = init_distributed(device.type == "cuda")
     if device.type == "cuda" and d.world > 1:
         device = torch.device("cuda", d.local_rank)
-        torch.cuda.set_device(device)
     rep = reporter if d.is_main else SilentReporter(reporter.console if reporter else None)
     rep = rep or Reporter()
+    warn_once = rep.warn if d.is_main else (lambda message: None)  # input warnings: not once per process
 
-    paths, skipped = scan_images(req.images, rep.warn)
-    eval_set = labeled_images(req.eval_dir, classnames, rep.warn) if req.eval_dir else None
-    out = resolve_output(req)
-    if d.is_main:
-        prepare_output(out)
+    paths, skipped = scan_images(req.images, warn_once)
+    eval_set = labeled_images(req.eval_dir, classnames, warn_once) if req.eval_dir else None
+    out, resume_from = open_run(req, d.is_main)
     ckpt_dir = out / "checkpoints"
 
     torch.manual_seed(cfg.seed)  # [MSK], ln_patch and decoder initialisation
@@ -209,7 +274,7 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
     per_rank = len(paths) // d.world
     batch = min(cfg.batch_size, per_rank)
     if batch < cfg.batch_size:
-        rep.warn(f"only {len(paths)} images: batch size lowered from {cfg.batch_size} to {batch}")
+        warn_once(f"only {len(paths)} images: batch size lowered from {cfg.batch_size} to {batch}")
     if batch < 2:
         raise MustError(f"{req.images}: {len(paths)} readable image(s) are too few to adapt on: add more images")
     global_batch = batch * d.world * cfg.accum_steps
@@ -235,9 +300,10 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
     )
 
     state = TrainState()
-    fingerprint = run_fingerprint(cfg, classnames, templates, len(paths), global_batch)
-    if req.resume:
-        state = _resume(req.resume, ckpt_dir, fingerprint, model, teacher, optimizer, rep)
+    fingerprint = run_fingerprint(cfg, classnames, templates, [p.relative_to(req.images) for p in paths],
+                                  global_batch, steps_per_epoch)
+    if resume_from is not None:
+        state = _resume(resume_from, fingerprint, cfg, model, teacher, optimizer, rep)
 
     sampler = EpochSampler(len(paths), cfg.seed, d.rank, d.world)
     loader = DataLoader(
@@ -246,7 +312,10 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
         prefetch_factor=4 if workers > 0 else None,
     )
 
-    def checkpoint() -> None:
+    def checkpoint(sums: torch.Tensor | None = None, hist: torch.Tensor | None = None) -> None:
+        """Every rank calls this (mid-epoch it sums the epoch's metrics across ranks); rank 0 writes."""
+        state.epoch_sums = reduce_sum(sums).cpu() if sums is not None else None
+        state.epoch_hist = reduce_sum(hist).cpu() if hist is not None else None
         if not d.is_main:
             return
         payload = {
@@ -271,47 +340,56 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
                  f"mean per class {res['zero_shot']['mean_per_class']:.4f}")
 
     log_every = 1 if device.type == "cpu" else 20
+    nonfinite, n_images = METRIC_NAMES.index("nonfinite"), METRIC_NAMES.index("images")
+    unreadable: set[int] = set()
     stop = StopRequest()
     with stop:
         while state.epoch < cfg.epochs:
-            epoch_start, images_seen = time.time(), 0
+            epoch_start = time.time()
             sums = torch.zeros(len(METRIC_NAMES), device=device)
             hist = torch.zeros(len(classnames), device=device)
+            if d.is_main and state.epoch_sums is not None:  # resumed mid-epoch: the steps before the stop count
+                sums += state.epoch_sums.to(device)
+                hist += state.epoch_hist.to(device)
+            images_before = float(reduce_sum(sums)[n_images])
             sampler.set_epoch(state.epoch, start=state.batches_done * batch)
-            rep.start_epoch(state.epoch, cfg.epochs, steps_per_epoch, state.batches_done // cfg.accum_steps)
-            last_lr = [0.0]
+            last_lr, halted = [0.0], [False]
 
             def on_step(st: TrainState, m: torch.Tensor, h: torch.Tensor, lr: float) -> bool:
-                nonlocal sums, hist
-                sums += m
-                hist += h
+                sums.add_(m)
+                hist.add_(h)
                 last_lr[0] = lr
+                # One small all-reduce per step so every rank sees a NaN or a signal at the same step.
+                bad, stopping = reduce_sum(torch.stack([m[nonfinite], m.new_tensor(float(stop.signal is not None))])).tolist()
+                if bad:
+                    kept = list_checkpoints(ckpt_dir)
+                    raise MustError(
+                        f"the loss became NaN/inf at step {st.step}: lower --lr (or use --precision fp32); "
+                        + (f"last good checkpoint kept: {kept[-1]}" if kept else "no checkpoint was written yet"))
                 step_in_epoch = st.batches_done // cfg.accum_steps
                 if st.step % log_every == 0 or step_in_epoch == steps_per_epoch:
-                    total = reduce_sum(sums)
-                    if total[METRIC_NAMES.index("nonfinite")] > 0:
-                        kept = list_checkpoints(ckpt_dir)
-                        raise MustError(
-                            f"the loss became NaN/inf at step {st.step}: lower --lr (or use --precision fp32); "
-                            + (f"last good checkpoint kept: {kept[-1]}" if kept else "no checkpoint was written yet"))
-                    rep.update(step_in_epoch, _stats(total, reduce_sum(hist), lr))
-                if st.step % cfg.save_every == 0 and step_in_epoch < steps_per_epoch:
-                    checkpoint()
-                return stop.signal is not None
+                    rep.update(step_in_epoch, _stats(reduce_sum(sums), reduce_sum(hist), lr))
+                if (st.step % cfg.save_every == 0 or stopping) and step_in_epoch < steps_per_epoch:
+                    checkpoint(sums, hist)
+                halted[0] = bool(stopping)
+                return halted[0]
 
-            batches = itertools.islice(loader, batches_per_epoch - state.batches_done)
-            train_epoch(student, teacher, optimizer, batches, cfg, state, total_steps, peak_lr, floor_lr,
-                        device, autocast, on_step)
-            rep.end_epoch()
-            if stop.signal is not None:
-                checkpoint()
-                raise MustError(
-                    f"stopped by signal {stop.signal} at step {state.step}: checkpoint saved; continue with "
-                    f"`must adapt ... --output {out} --resume`")
+            rep.start_epoch(state.epoch, cfg.epochs, steps_per_epoch, state.batches_done // cfg.accum_steps)
+            try:
+                batches = itertools.islice(loader, batches_per_epoch - state.batches_done)
+                train_epoch(student, teacher, optimizer, _report_unreadable(batches, paths, unreadable, rep.warn),
+                            cfg, state, total_steps, peak_lr, floor_lr, device, autocast, on_step)
+            finally:
+                rep.end_epoch()
+            stopped = MustError(
+                f"stopped by {signal.Signals(stop.signal).name if stop.signal else 'a signal to another process'} "
+                f"at step {state.step}: checkpoint saved; continue with `must adapt ... --output {out} --resume`")
+            if halted[0] and state.batches_done < batches_per_epoch:
+                raise stopped
             total, h = reduce_sum(sums), reduce_sum(hist)
             record = {"epoch": state.epoch + 1, "step": state.step, **_stats(total, h, last_lr[0]),
                       "seconds": round(time.time() - epoch_start, 2)}
-            record["images_per_second"] = round(float(total[METRIC_NAMES.index("images")]) / max(record["seconds"], 1e-9), 1)
+            record["images_per_second"] = round((float(total[n_images]) - images_before) / max(record["seconds"], 1e-9), 1)
             if eval_set and d.is_main and ((state.epoch + 1) % cfg.eval_every == 0 or state.epoch + 1 == cfg.epochs):
                 record["eval"] = evaluate_models({"teacher": teacher, "student": model}, *eval_set, classnames,
                                                  pre, device, autocast, workers)
@@ -322,6 +400,8 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
                 _report_epoch(rep, record)
                 atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in state.metrics))
             checkpoint()
+            if halted[0] and state.epoch < cfg.epochs:
+                raise stopped
 
     final: MustModel = teacher
     guard_note = None
@@ -340,8 +420,23 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
         point_latest(out)
         _summary(rep, state.metrics, out, len(skipped), guard_note)
     if d.world > 1:
-        torch.distributed.barrier()
+        torch.distributed.barrier()  # the others wait while rank 0 runs the guard and writes the model
+        torch.distributed.destroy_process_group()
     return out
+
+
+def _report_unreadable(batches: Iterable[dict], paths: list[Path], seen: set[int], warn) -> Iterator[dict]:
+    """Warn once per file that passed the header scan but fails to decode (e.g. truncated data).
+
+    TrainViews already substituted another image, so training goes on; the user learns which file to fix.
+    """
+    for b in batches:
+        for i in b.pop("bad").tolist():
+            if i >= 0 and i not in seen:
+                seen.add(i)
+                warn(f"cannot decode {display_name(paths[i])} (truncated or corrupt): another image was used "
+                     "in its place; replace or remove it")
+        yield b
 
 
 def _stats(total: torch.Tensor, hist: torch.Tensor, lr: float) -> dict[str, float]:
@@ -391,28 +486,21 @@ def _summary(rep: Reporter, metrics: list[dict], out: Path, skipped: int, guard_
                                                         " (EMA teacher)"))
 
 
-def _resume(resume: str, ckpt_dir: Path, fingerprint: dict, model, teacher, optimizer, rep) -> TrainState:
-    if resume == "auto":
-        found = list_checkpoints(ckpt_dir)
-        if not found:
-            raise MustError(f"--resume: no checkpoint in {ckpt_dir}: start without --resume or pass --output to the run folder")
-        path = found[-1]
-    else:
-        path = Path(resume)
-        if path.is_dir():
-            found = list_checkpoints(path / "checkpoints") or list_checkpoints(path)
-            if not found:
-                raise MustError(f"--resume {path}: no checkpoint found in this folder")
-            path = found[-1]
+def _resume(path: Path, fingerprint: dict, cfg: MustConfig, model, teacher, optimizer, rep) -> TrainState:
+    """Load a checkpoint into the fresh model, teacher and optimiser after checking it is this run's."""
     ck = load_checkpoint(path)
-    diff = [k for k in fingerprint if ck.get("fingerprint", {}).get(k) != fingerprint[k]]
+    saved = ck.get("fingerprint", {})
+    diff = [k if isinstance(v, (list, dict)) or len(repr(v)) > 60 else f"{k} ({saved.get(k)!r} -> {v!r})"
+            for k, v in fingerprint.items() if saved.get(k) != v]
     if diff:
         raise MustError(f"--resume {path}: this run differs from the checkpoint in {', '.join(diff)}: "
-                        "resume with the same images, classes, model, batch and epochs, or start a new --output")
+                        "resume with the same images, classes, model and settings, or start a new --output")
     model.load_state_dict(ck["student"])
     teacher.load_state_dict(ck["teacher"])
     optimizer.load_state_dict(ck["optimizer"])
     _set_rng_state(ck["rng"])
     state = TrainState(**ck["state"])
+    # Same global batch, maybe another split into processes x accumulation: keep the optimiser-step position.
+    state.batches_done = state.batches_done // ck["config"]["accum_steps"] * cfg.accum_steps
     rep.info(f"resumed from {path} at step {state.step} (epoch {state.epoch + 1}, batch {state.batches_done})")
     return state

@@ -6,6 +6,7 @@ crash, a kill or a full disk never leaves a half-written model or checkpoint beh
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -25,20 +26,42 @@ MODEL_FORMAT = "must-cli/1"
 MODEL_FILE = "model.safetensors"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Run ``write(tmp)`` then fsync and rename tmp over ``path``; on any failure remove tmp, keep the old file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Run ``write(tmp)`` then fsync and rename tmp over ``path``; on any failure remove tmp, keep the old file.
+
+    A full disk (or any other OS error) becomes a one-line MustError naming the file; the
+    file gets the usual permissions (mkstemp's are owner-only) so a shared model can be read.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _write_error(path, e) from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise _write_error(path, e) from None
         raise
+
+
+def _write_error(path: Path, e: OSError) -> MustError:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return MustError(f"disk full while writing {path}: free space and resume with --resume")
+    return MustError(f"cannot write {path} ({e.strerror or e}): check the folder's permissions and free space")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -125,10 +148,15 @@ def list_checkpoints(folder: Path) -> list[Path]:
 
 
 def save_checkpoint(folder: Path, step: int, payload: dict[str, Any], keep: int) -> Path:
-    """Atomically write a training checkpoint, then prune to the newest ``keep``."""
+    """Atomically write a training checkpoint, then prune to the newest ``keep`` and drop temp files a kill left."""
     path = checkpoint_path(folder, step)
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
-    for old in list_checkpoints(folder)[:-keep]:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object, so a full disk raises OSError(ENOSPC), not an opaque RuntimeError
+            torch.save(payload, f)
+
+    atomic_write(path, write)
+    for old in [*list_checkpoints(folder)[:-keep], *folder.glob(".step-*.pt.*.tmp")]:
         old.unlink(missing_ok=True)
     return path
 

@@ -8,6 +8,7 @@ from typing import Callable, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand
 from rich.markup import escape
 
 from must_cli.errors import MustError
@@ -46,9 +47,20 @@ def friendly(fn: Callable) -> Callable:
     return wrapper
 
 
-@app.command()
+class AdaptCommand(TyperCommand):
+    """Lets ``--resume`` stand alone or take a path, and keeps the raw arguments for ``--gpus``."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        from must_cli.launch import optional_resume
+
+        ctx.meta["must_args"] = list(args)
+        return super().parse_args(ctx, optional_resume(args))
+
+
+@app.command(cls=AdaptCommand)
 @friendly
 def adapt(
+    ctx: typer.Context,
     images: Path = typer.Argument(..., help="Folder of unlabeled images (searched recursively)."),
     classes: Path = typer.Option(..., "--classes", help="Text file: one class name per line."),
     templates: Optional[Path] = typer.Option(None, "--templates", help="Prompt templates, one per line with '{}'."),
@@ -74,8 +86,12 @@ def adapt(
     precision: Optional[str] = typer.Option(None, "--precision", help="auto, fp32 or bf16."),
     save_every: Optional[int] = typer.Option(None, "--save-every", help="Checkpoint every N steps."),
     resume: Optional[str] = typer.Option(
-        None, "--resume", is_flag=False, flag_value="auto",
+        None, "--resume", metavar="[PATH]",
         help="Continue a stopped run: alone, from the newest checkpoint of --output (or runs/latest); or a checkpoint/run path.",
+    ),
+    gpus: Optional[int] = typer.Option(
+        None, "--gpus", min=1,
+        help="Run N data-parallel processes on this machine via torch.distributed.run (with --device cpu: gloo, for testing).",
     ),
 ) -> None:
     """Adapt CLIP to a folder of unlabeled images and write model.safetensors."""
@@ -89,6 +105,10 @@ def adapt(
         grad_checkpointing=grad_checkpointing, compile=compile, precision=precision, save_every=save_every,
     )
     cfg = resolve_config(preset, config, overrides)
+    if gpus and gpus > 1:
+        from must_cli.launch import launch_local
+
+        raise typer.Exit(launch_local(gpus, cfg.device, ctx.meta["must_args"], _debug["on"]))
     request = AdaptRequest(images=images, classes=classes, templates=templates, output=output,
                            eval_dir=eval_dir, resume=resume)
     run_adapt(request, cfg, Reporter(err_console))
@@ -139,26 +159,94 @@ def init(
     """Write a commented must.toml and a classes.txt template; with --images, suggest a preset."""
     from rich.table import Table
 
+    from must_cli.images import display_name
     from must_cli.scaffold import init_project, survey_images
 
     out = Console(highlight=False)
     survey = survey_images(images, lambda msg: err_console.print(f"[yellow]warning:[/] {escape(msg)}")) if images else None
     written = init_project(directory, survey.preset if survey else None, force)
     if survey:
-        table = Table(title=f"images in {escape(str(survey.root))}", show_header=False)
-        for key, value in [
-            ("readable", f"{survey.readable:,}"), ("skipped", f"{survey.skipped:,}"),
-            ("formats", ", ".join(f"{ext} {n:,}" for ext, n in survey.formats.items())),
-            *[(k, "{} x {}".format(*wh)) for k, wh in
-              [("smallest", survey.smallest), ("median", survey.median), ("largest", survey.largest)]],
-        ]:
-            table.add_row(key, value)
+        table = Table(title=f"images in {escape(display_name(survey.root))}", show_header=False)
+        table.add_row("readable", f"{survey.readable:,}")
+        table.add_row("skipped", f"{survey.skipped:,}")
+        table.add_row("formats", ", ".join(f"{ext} {n:,}" for ext, n in survey.formats.items()))
+        for label, (width, height) in (("smallest", survey.smallest), ("median", survey.median), ("largest", survey.largest)):
+            table.add_row(label, f"{width} x {height}")
         out.print(table)
-        out.print(f"suggested preset: [bold]{survey.preset}[/] ({escape(survey.reason)}), written into must.toml")
+        out.print(f"suggested preset: [bold]{survey.preset}[/] ({escape(survey.reason)}), written into must.toml", soft_wrap=True)
     for path in written:
-        out.print(f"wrote {escape(str(path))}")
-    out.print(f"next: edit {escape(str(written[1]))}, then run "
-              f"must adapt {escape(str(images or 'IMAGES'))} --classes {escape(str(written[1]))} --config {escape(str(written[0]))}")
+        out.print(f"wrote {escape(display_name(path))}", soft_wrap=True)
+    out.print(f"next: edit {escape(display_name(written[1]))}, then run must adapt {escape(display_name(images or 'IMAGES'))} "
+              f"--classes {escape(display_name(written[1]))} --config {escape(display_name(written[0]))}", soft_wrap=True)
+
+
+@app.command()
+@friendly
+def predict(
+    images: Path = typer.Argument(..., help="Folder of images to classify (searched recursively)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Run folder or model.safetensors (default runs/latest); with --zero-shot an open_clip spec."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write predictions to a .csv or .jsonl file."),
+    top_k: int = typer.Option(1, "--top-k", help="Labels (with probabilities) per image."),
+    sort_into: Optional[Path] = typer.Option(None, "--sort-into", help="Copy each image into DIR/<predicted class>/."),
+    link: Optional[str] = typer.Option(None, "--link", help="hard or sym: link into --sort-into instead of copying."),
+    min_confidence: Optional[float] = typer.Option(None, "--min-confidence", help="Top-1 probability below this goes to DIR/_uncertain/."),
+    batch_size: int = typer.Option(256, "--batch-size"),
+    workers: int = typer.Option(-1, "--workers", help="Data loading processes (default: cores, max 8)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    zero_shot: bool = typer.Option(False, "--zero-shot", help="Predict with plain CLIP (--model spec, --classes) to compare."),
+    classes: Optional[Path] = typer.Option(None, "--classes", help="With --zero-shot: one class name per line."),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="With --zero-shot: open_clip pretrained tag."),
+    templates: Optional[Path] = typer.Option(None, "--templates", help="With --zero-shot: prompt templates file."),
+) -> None:
+    """Label a folder of images with an adapted model; optionally write CSV/JSONL or sort into class folders."""
+    from rich.table import Table
+
+    from must_cli.images import display_name
+    from must_cli.predict import PredictRequest, run_predict
+    from must_cli.progress import Reporter
+
+    req = PredictRequest(images, model, output, top_k, sort_into, link, min_confidence, batch_size, workers, device,
+                         zero_shot, classes, pretrained, templates)
+    result = run_predict(req, Reporter(err_console))
+    if len(result.predictions) <= 50:
+        table = Table(*["image", *(f"#{i}" if result.top_k > 1 else "class" for i in range(1, result.top_k + 1))])
+        for p in result.predictions:
+            table.add_row(escape(p.path), *(f"{escape(c)} {q:.3f}" for c, q in zip(p.labels, p.probabilities)))
+        Console().print(table)
+    elif output is None:
+        err_console.print(f"{len(result.predictions):,} rows: not printed; pass --output FILE.csv or FILE.jsonl to keep them")
+    say = lambda msg: err_console.print(escape(msg), highlight=False, soft_wrap=True)  # noqa: E731
+    for name, folder in result.renamed.items():
+        say(f"class {name!r} -> folder {folder!r}")
+    for note in result.notes:
+        say(f"note: {note}")
+    say(f"{len(result.predictions):,} images in {result.seconds:.1f} s ({result.images_per_second:.1f} images/s) on "
+        f"{result.device}" + (f"; {result.skipped + result.failed} unreadable skipped" if result.skipped + result.failed else ""))
+    if result.output:
+        say(f"predictions written to {display_name(result.output)}")
+    if result.sort_into:
+        say(f"sorted into {display_name(result.sort_into)}: " + ", ".join(f"{f} {n}" for f, n in sorted(result.sorted_counts.items())))
+
+
+@app.command()
+@friendly
+def export(
+    model: str = typer.Option("runs/latest", "--model", help="Run folder or model.safetensors."),
+    format: str = typer.Option(..., "--format", help="onnx or torchscript."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Default: model.onnx / model.torchscript.pt next to the model."),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset (18 or higher)."),
+    fp16: bool = typer.Option(False, "--fp16", help="fp16 weights (inputs/outputs stay float32); checked to 1e-2."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare with PyTorch on random inputs (batch 1 and 3)."),
+) -> None:
+    """Export image tower + classifier as one ONNX or TorchScript graph (pixel_values -> logits, probabilities)."""
+    from must_cli.export import run_export
+
+    r = run_export(Path(model), format, output, opset, fp16, verify)
+    check = (f"max |probability difference| vs PyTorch fp32 {r.max_diff:.1e} (tolerance {r.tolerance:g})"
+             if r.max_diff is not None else "not verified (--no-verify)")
+    err_console.print(escape(f"wrote {r.path} ({r.format}{', fp16' if r.fp16 else ''}"
+                             f"{f', opset {r.opset}' if r.opset else ''}) in {r.seconds:.1f} s; {check}"),
+                      highlight=False, soft_wrap=True)
 
 
 def run() -> None:

@@ -11,7 +11,7 @@ import contextlib
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.distributed as dist
@@ -40,25 +40,60 @@ class Dist:
 
 
 def init_distributed(use_cuda: bool) -> Dist:
-    """Join the process group torchrun describes in the environment (NCCL on GPU, gloo on CPU)."""
+    """Join the process group torchrun describes in the environment (NCCL on GPU, gloo on CPU).
+
+    Each process binds its GPU (LOCAL_RANK) before joining, so NCCL never guesses a device.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+            dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
+        else:
+            dist.init_process_group("gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
 def distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's value of ``obj`` on every rank, so decisions such as the run folder are taken once."""
+    if not distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather along dim 0 whose backward gives each rank the sum of every rank's gradient for its rows.
+
+    Every rank's loss uses all rows, so a row's true gradient is that sum; DDP then averages
+    the parameter gradients as for any other loss term. (torch.distributed.nn's version is deprecated.)
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad.chunk(dist.get_world_size())[dist.get_rank()]
+
+
 def global_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of every rank, keeping the gradient (equal batch sizes per rank)."""
     if distributed():
-        from torch.distributed.nn.functional import all_gather
-
-        x = torch.cat(all_gather(x), dim=0)
+        x = _GatherWithGrad.apply(x)
     return x.mean(dim=0)
 
 
@@ -136,6 +171,8 @@ class TrainState:
     batches_done: int = 0  # micro-batches of the current epoch already trained on
     fair_running: torch.Tensor | None = None  # running p_bar when classes are many
     metrics: list[dict] = field(default_factory=list)
+    epoch_sums: torch.Tensor | None = None  # metric sums of the current epoch so far, over all ranks
+    epoch_hist: torch.Tensor | None = None  # and its pseudo-label histogram: a resumed epoch logs like an uninterrupted one
 
 
 def pixel_mask(mask: torch.Tensor, grid: int, patch: int) -> torch.Tensor:

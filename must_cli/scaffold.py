@@ -7,7 +7,6 @@ says which preset fits the images. This module returns data; the cli layer print
 
 from __future__ import annotations
 
-import statistics
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass

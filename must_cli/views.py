@@ -51,6 +51,9 @@ def strong_view(pre: Preprocess) -> T.Compose:
     hparams = {
         "translate_const": int(pre.image_size * 0.45),
         "img_mean": tuple(round(255 * m) for m in pre.mean),
+        # At magnitude 10 timm's increasing posterize keeps 0 bits, which Pillow >= 10 rejects;
+        # 9.99 keeps 1 bit there and leaves every other op unchanged.
+        "magnitude_max": 9.99,
     }
     return T.Compose([
         T.RandomResizedCrop(pre.image_size, scale=(0.3, 1.0), interpolation=interp),
@@ -68,15 +71,17 @@ def sample_seed(*parts: int) -> int:
 
 @contextlib.contextmanager
 def _seeded(seed: int) -> Iterator[None]:
-    """Seed Python's and torch's RNGs (which torchvision and timm draw from) and restore them after."""
-    state = random.getstate()
+    """Seed the Python, NumPy and torch RNGs (torchvision and timm draw from all three), restore them after."""
+    py_state, np_state = random.getstate(), np.random.get_state()
     random.seed(seed)
+    np.random.seed(seed % 2**32)
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             yield
     finally:
-        random.setstate(state)
+        random.setstate(py_state)
+        np.random.set_state(np_state)
 
 
 class EpochSampler(Sampler):

@@ -1,0 +1,73 @@
+"""`must adapt --gpus N`: the same command, re-run as N data-parallel processes by torch.distributed.run.
+
+No launcher of our own: torchrun sets RANK/WORLD_SIZE/LOCAL_RANK and the rendezvous, and
+`must adapt` joins it (NCCL on GPUs; gloo with --device cpu, which is how this is tested).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+from must_cli.errors import MustError
+
+
+def optional_resume(args: list[str]) -> list[str]:
+    """Spell a bare ``--resume`` (last, or followed by another option) as ``--resume=auto``.
+
+    Typer has no option with an optional value; this gives ``--resume`` and ``--resume PATH``
+    click's ``flag_value`` meaning. A path that starts with '-' needs ``--resume=PATH``.
+    """
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg == "--":
+            break
+        if arg == "--resume" and (i + 1 == len(out) or out[i + 1].startswith("-")):
+            out[i] = "--resume=auto"
+    return out
+
+
+def without_gpus(args: list[str]) -> list[str]:
+    """The command-line arguments minus ``--gpus N`` / ``--gpus=N``."""
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--gpus":
+            skip = True
+        elif not arg.startswith("--gpus="):
+            out.append(arg)
+    return out
+
+
+def launch_local(n: int, device: str, args: list[str], debug: bool) -> int:
+    """Run ``must adapt <args minus --gpus>`` as ``n`` processes on this machine; returns their exit code.
+
+    torchrun runs in its own session and this process relays SIGINT/SIGTERM to it, so a
+    Ctrl-C reaches each worker once (via torchrun) and they checkpoint before exiting.
+    """
+    import torch
+
+    if "WORLD_SIZE" in os.environ:
+        raise MustError("--gpus: this command already runs under torchrun: drop --gpus")
+    if device != "cpu":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise MustError(f"--gpus {n}: no CUDA GPU is visible: drop --gpus, or add --device cpu to run "
+                            f"{n} CPU processes (gloo) for testing")
+        if n > count:
+            raise MustError(f"--gpus {n}: only {count} GPU(s) are visible: use --gpus {count} or fewer")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+           "-m", "must_cli", *(["--debug"] if debug else []), "adapt", *without_gpus(args)]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))  # torchrun would say 1, loudly
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    relay = {sig: signal.signal(sig, lambda signum, frame: proc.send_signal(signum))
+             for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return proc.wait()
+    finally:
+        for sig, handler in relay.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,313 @@
+"""`must predict`: label a folder of images with an adapted (or, to compare, a zero-shot) model.
+
+Images stream through a DataLoader; only one small row per image (path + top-k) is kept,
+so 100k-image folders fit in memory. Predictions can be written to CSV/JSONL (atomically,
+but row by row) and images copied or linked into one folder per class.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import os
+import shutil
+import time
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, TextIO
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from must_cli.adapt import autocast_for, default_workers, pick_device
+from must_cli.checkpoint import atomic_write, load_model, preprocess_of
+from must_cli.classnames import IMAGENET_TEMPLATES, read_class_file, read_templates
+from must_cli.config import MustConfig
+from must_cli.errors import MustError
+from must_cli.evaluate import iter_probs
+from must_cli.images import ImageReadError, display_name, load_rgb, scan_images
+from must_cli.model import MustModel, Preprocess, build_must_model
+from must_cli.progress import Reporter
+
+OUTPUT_FORMATS = (".csv", ".jsonl")
+UNCERTAIN = "_uncertain"
+MAX_FOLDER_BYTES = 100
+# Device names Windows refuses as file or folder names, with or without an extension.
+WINDOWS_RESERVED = frozenset({"CON", "PRN", "AUX", "NUL", *(f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10))})
+# Path separators plus the characters Windows forbids, so a sorted folder can be copied to any disk.
+UNSAFE_CHARS = frozenset('/\\<>:"|?*')
+HARDLINK_FALLBACK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP}
+
+
+@dataclass
+class PredictRequest:
+    """Everything `must predict` was asked to do; validated by run_predict before any work."""
+
+    images: Path
+    model: str | None = None  # run folder / .safetensors (default runs/latest); an open_clip spec with zero_shot
+    output: Path | None = None
+    top_k: int = 1
+    sort_into: Path | None = None
+    link: str | None = None  # None: copy; "hard" or "sym"
+    min_confidence: float | None = None
+    batch_size: int = 256
+    workers: int = -1
+    device: str = "auto"
+    zero_shot: bool = False
+    classes: Path | None = None
+    pretrained: str | None = None
+    templates: Path | None = None
+
+
+@dataclass
+class Prediction:
+    """One image's row: its path relative to IMAGES and its top-k labels, most likely first."""
+
+    path: str
+    labels: list[str]
+    probabilities: list[float]
+
+
+@dataclass
+class PredictResult:
+    """What the CLI prints: the rows plus everything the summary line needs."""
+
+    predictions: list[Prediction]
+    top_k: int
+    total: int  # images found with a readable header
+    skipped: int  # unreadable at scan time
+    failed: int  # passed the scan but failed to decode
+    seconds: float
+    device: str
+    output: Path | None = None
+    sort_into: Path | None = None
+    sorted_counts: dict[str, int] = field(default_factory=dict)
+    renamed: dict[str, str] = field(default_factory=dict)  # class name -> folder, where they differ
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return len(self.predictions) / max(self.seconds, 1e-9)
+
+
+def _clean_folder_name(name: str, index: int) -> str:
+    """One class name as a portable folder name, before clashes with other classes are resolved."""
+    text = unicodedata.normalize("NFC", name)
+    text = "".join("_" if c in UNSAFE_CHARS or unicodedata.category(c) == "Cc" else c for c in text)
+    text = text.encode("utf-8")[:MAX_FOLDER_BYTES].decode("utf-8", "ignore").strip(". ")
+    if not text.strip("._ "):  # '.', '..', '///': nothing that names the class is left
+        return f"class_{index}"
+    head, dot, tail = text.partition(".")
+    if head.rstrip(" ").upper() in WINDOWS_RESERVED:
+        text = f"{head}_{dot}{tail}"
+    return text
+
+
+def _fit(base: str, suffix: str) -> str:
+    """``base + suffix`` within the byte cap, trimming the base rather than the disambiguating suffix."""
+    room = MAX_FOLDER_BYTES - len(suffix.encode("utf-8"))
+    return base.encode("utf-8")[:room].decode("utf-8", "ignore").rstrip(". ") + suffix
+
+
+def safe_folder_names(classnames: list[str]) -> dict[str, str]:
+    """Class name -> a folder name that cannot escape DIR, clash with another class, or break on Windows.
+
+    Clashes after cleaning (case-insensitively, for macOS/Windows disks) get ``_2``, ``_3`` in
+    class order, so the same class list always gives the same folders. ``_uncertain`` is kept
+    for low-confidence images.
+    """
+    taken = {UNCERTAIN.casefold()}
+    mapping: dict[str, str] = {}
+    for index, name in enumerate(classnames):
+        base = _clean_folder_name(name, index)
+        folder, n = _fit(base, ""), 2
+        while folder.casefold() in taken:
+            folder, n = _fit(base, f"_{n}"), n + 1
+        taken.add(folder.casefold())
+        mapping[name] = folder
+    return mapping
+
+
+class Sorter:
+    """Copies or links each image into DIR/<class folder>/; never outside DIR, never over an existing file."""
+
+    def __init__(self, root: Path, classnames: list[str], link: str | None, min_confidence: float | None):
+        mapping = safe_folder_names(classnames)
+        self.root, self.link, self.min_confidence = root, link, min_confidence
+        self.folders = [mapping[c] for c in classnames]
+        self.renamed = {c: f for c, f in mapping.items() if c != f}
+        self.counts: Counter[str] = Counter()
+        self.notes: list[str] = []
+        self._next_suffix: dict[Path, int] = {}
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise MustError(f"--sort-into {display_name(root)}: cannot create it ({e.strerror}): pick a writable folder") from None
+        real = root.resolve()
+        for folder in {*self.folders, UNCERTAIN}:  # second line of defence, e.g. a symlink planted in DIR
+            target = (root / folder).resolve()
+            if target == real or not target.is_relative_to(real):
+                raise MustError(
+                    f"--sort-into: class folder {display_name(folder)!r} would resolve to {display_name(target)}, "
+                    f"outside {display_name(real)}: remove that link or pick another folder"
+                )
+
+    def place(self, src: Path, class_index: int, confidence: float) -> None:
+        uncertain = self.min_confidence is not None and confidence < self.min_confidence
+        folder = UNCERTAIN if uncertain else self.folders[class_index]
+        (self.root / folder).mkdir(exist_ok=True)
+        self._transfer(src, self._free_name(self.root / folder, src.name))
+        self.counts[folder] += 1
+
+    def _free_name(self, folder: Path, name: str) -> Path:
+        """``name``, else ``stem_2.ext``, ``stem_3.ext``...: same-named images from different subfolders all survive."""
+        stem, ext = os.path.splitext(name)
+        n = self._next_suffix.get(folder / name, 1)
+        while os.path.lexists(candidate := folder / (name if n == 1 else f"{stem}_{n}{ext}")):
+            n += 1
+        self._next_suffix[folder / name] = n + 1
+        return candidate
+
+    def _transfer(self, src: Path, dst: Path) -> None:
+        if self.link == "sym":
+            os.symlink(src.resolve(), dst)
+            return
+        if self.link == "hard":
+            try:
+                os.link(src, dst)
+                return
+            except OSError as e:
+                if e.errno not in HARDLINK_FALLBACK:
+                    raise
+                if not self.notes:
+                    self.notes.append(f"cannot hard-link into {display_name(self.root)} ({e.strerror}): copied instead")
+        with open(src, "rb") as fin, open(dst, "xb") as fout:  # "x": fail rather than overwrite
+            shutil.copyfileobj(fin, fout)
+        shutil.copystat(src, dst)
+
+
+def output_format(path: Path | None) -> str | None:
+    """'.csv' or '.jsonl' from the file name; checked before the model loads so a typo costs nothing."""
+    if path is None:
+        return None
+    fmt = path.suffix.lower()
+    if fmt not in OUTPUT_FORMATS:
+        raise MustError(f"--output {display_name(path)}: unknown format {fmt or '(no extension)'!r}: use a .csv or .jsonl file name")
+    if path.is_dir():
+        raise MustError(f"--output {display_name(path)} is a folder: pass a file name ending in .csv or .jsonl")
+    return fmt
+
+
+def _row_writer(f: TextIO, fmt: str, k: int) -> Callable[[Prediction], None]:
+    if fmt == ".csv":
+        writer = csv.writer(f)
+        writer.writerow(["path", *(f"{col}_{i}" for i in range(1, k + 1) for col in ("label", "probability"))])
+        return lambda p: writer.writerow(
+            [p.path, *(v for pair in zip(p.labels, (f"{q:.6f}" for q in p.probabilities)) for v in pair)]
+        )
+    return lambda p: f.write(json.dumps(
+        {"path": p.path, "labels": p.labels, "probabilities": [round(q, 6) for q in p.probabilities]},
+        ensure_ascii=False) + "\n")
+
+
+def _validate(req: PredictRequest) -> None:
+    if req.batch_size < 1:
+        raise MustError(f"--batch-size {req.batch_size}: must be at least 1")
+    if req.top_k < 1:
+        raise MustError(f"--top-k {req.top_k}: must be at least 1")
+    if req.link not in (None, "hard", "sym"):
+        raise MustError(f"--link {req.link}: use hard or sym (or leave it out to copy)")
+    if req.min_confidence is not None and not 0.0 <= req.min_confidence <= 1.0:
+        raise MustError(f"--min-confidence {req.min_confidence}: must be a probability between 0 and 1")
+    if (req.link or req.min_confidence is not None) and req.sort_into is None:
+        raise MustError("--link and --min-confidence only apply with --sort-into DIR")
+    if not req.zero_shot and (req.classes or req.templates or req.pretrained):
+        raise MustError("--classes, --templates and --pretrained only apply with --zero-shot: "
+                        "an adapted model carries its own classes")
+    if req.zero_shot and req.classes is None:
+        raise MustError("--zero-shot needs --classes FILE (one class name per line)")
+
+
+def _load(req: PredictRequest, device: torch.device) -> tuple[MustModel, list[str], Preprocess]:
+    """The adapted model from its file alone, or plain CLIP with a text-built head for --zero-shot."""
+    if req.zero_shot:
+        defaults = MustConfig()
+        classnames = read_class_file(req.classes)
+        templates = read_templates(req.templates) if req.templates else list(IMAGENET_TEMPLATES)
+        model, pre = build_must_model(req.model or defaults.model, req.pretrained or defaults.pretrained,
+                                      classnames, templates, device)
+        return model.eval(), classnames, pre
+    model, meta = load_model(Path(req.model or "runs/latest"))
+    return model, list(meta["classnames"]), preprocess_of(meta)
+
+
+def run_predict(req: PredictRequest, rep: Reporter | None = None) -> PredictResult:
+    """Classify every image under ``req.images``; write/sort as asked; return the rows and a summary."""
+    rep = rep or Reporter()
+    fmt = output_format(req.output)
+    _validate(req)
+    device = pick_device(req.device)
+    model, classnames, pre = _load(req, device)
+    k = min(req.top_k, len(classnames))
+    notes = [f"--top-k {req.top_k} lowered to {k}, the number of classes"] if k < req.top_k else []
+    paths, skipped = scan_images(req.images, rep.warn)
+    sorter = Sorter(req.sort_into, classnames, req.link, req.min_confidence) if req.sort_into else None
+    predictions: list[Prediction] = []
+    failed = 0
+
+    def run(write: Callable[[Prediction], None] | None) -> None:
+        nonlocal failed
+        columns = (TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("eta"), TimeRemainingColumn())
+        with Progress(*columns, console=rep.console) as progress:
+            task = progress.add_task("predict", total=len(paths))
+            batches = iter_probs(model, paths, pre, device, batch_size=req.batch_size,
+                                 workers=default_workers(req.workers), autocast=autocast_for(device, "auto"))
+            for indices, probs, ok in batches:
+                top_p, top_i = probs.topk(k, dim=1)
+                for j, index in enumerate(indices.tolist()):
+                    path = paths[index]
+                    if not ok[j]:
+                        failed += 1
+                        rep.warn(f"skipping {display_name(path)}: {_decode_error(path)}")
+                        continue
+                    row = Prediction(display_name(path.relative_to(req.images).as_posix()),
+                                     [classnames[c] for c in top_i[j].tolist()], top_p[j].tolist())
+                    predictions.append(row)
+                    if write:
+                        write(row)
+                    if sorter:
+                        sorter.place(path, int(top_i[j, 0]), row.probabilities[0])
+                progress.advance(task, len(indices))
+
+    def to_file(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            run(_row_writer(f, fmt, k))
+
+    start = time.perf_counter()
+    try:
+        if req.output is not None:
+            atomic_write(req.output, to_file)
+        else:
+            run(None)
+    except OSError as e:  # a full disk or a read-only --output/--sort-into: no traceback, say where
+        where = display_name(e.filename) if e.filename else "the output"
+        raise MustError(f"cannot write {where} ({e.strerror or e}): check free space and permissions") from None
+    return PredictResult(
+        predictions=predictions, top_k=k, total=len(paths), skipped=len(skipped), failed=failed,
+        seconds=time.perf_counter() - start, device=str(device), output=req.output, sort_into=req.sort_into,
+        sorted_counts=dict(sorter.counts) if sorter else {}, renamed=sorter.renamed if sorter else {},
+        notes=notes + (sorter.notes if sorter else []),
+    )
+
+
+def _decode_error(path: Path) -> str:
+    """Why a file that passed the header scan failed to decode (re-read once: only bad files pay)."""
+    try:
+        load_rgb(path)
+    except ImageReadError as e:
+        return e.reason
+    return "could not be decoded"

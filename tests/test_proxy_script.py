@@ -1,0 +1,126 @@
+"""benchmarks/proxy.py without /work/shared: arguments, run plan, data layout, aggregation, targets, markdown."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "proxy.py"
+_spec = importlib.util.spec_from_file_location("proxy", _PATH)
+proxy = importlib.util.module_from_spec(_spec)
+sys.modules["proxy"] = proxy
+_spec.loader.exec_module(proxy)
+
+
+def test_defaults_and_sizes():
+    args = proxy.parse_args([])
+    assert args.settings == ["indomain", "shift"] and args.seeds == [0, 1, 2] and args.preset == "tiny-images"
+    assert args.size == "full" and args.json.name == "proxy-full.json"
+    assert proxy.sizes_of(args) == {"pool": None, "test": None, "shift": None}
+    assert proxy.device_args(args) == ["--device", "cpu", "--workers", "1"]
+    quick = proxy.parse_args(["--quick", "--epochs", "2", "--adapt-args", "--lr 1e-4 --no-guard"])
+    assert quick.json.name == "proxy-quick.json" and proxy.sizes_of(quick)["pool"] == 5000
+    assert proxy.hyper_args(quick) == ["--preset", "tiny-images", "--lr", "1e-4", "--no-guard", "--epochs", "2"]
+    small = proxy.parse_args(["--limit", "200", "--quick", "--preset", "", "--device", "cuda"])
+    assert small.size == "limit200" and set(proxy.sizes_of(small).values()) == {200}
+    assert proxy.hyper_args(small) == [] and proxy.device_args(small) == ["--device", "cuda"]
+    with pytest.raises(SystemExit):
+        proxy.parse_args(["--variants", "nope"])
+
+
+def test_plan_runs_zero_shot_once_then_seed_by_seed():
+    args = proxy.parse_args(["--corruptions", "contrast", "pixelate", "--variants", "zero-shot", "must", "st",
+                             "--seeds", "0", "1"])
+    jobs = proxy.plan(args)
+    assert [str(j.folder()) for j in jobs[:3]] == [
+        "indomain/clean/zero-shot", "shift/contrast/zero-shot", "shift/pixelate/zero-shot"]
+    assert len(jobs) == 3 + 2 * 3 * 2
+    assert [j.seed for j in jobs[3:]] == [0] * 6 + [1] * 6
+    assert str(jobs[3].folder()) == "indomain/clean/must/seed0"
+
+
+def test_subset_is_balanced_and_flat_names_hide_the_class(tmp_path):
+    for c in ("cat", "dog"):
+        (tmp_path / "src" / c).mkdir(parents=True)
+        for i in range(6):
+            (tmp_path / "src" / c / f"{i:04d}.jpg").write_bytes(b"x")
+    files = proxy.balanced_subset(tmp_path / "src", 4, skip=1)
+    assert [f"{f.parent.name}/{f.name}" for f in files] == ["cat/0001.jpg", "cat/0002.jpg", "dog/0001.jpg", "dog/0002.jpg"]
+    assert len(proxy.balanced_subset(tmp_path / "src", None)) == 12
+    proxy.link_flat(files, tmp_path / "flat")
+    names = sorted(p.name for p in (tmp_path / "flat").iterdir())
+    assert len(names) == 4 and not any("cat" in n or "dog" in n or n.startswith("000") for n in names)
+    proxy.link_labeled(files, tmp_path / "labeled")
+    assert sorted(p.name for p in (tmp_path / "labeled").iterdir()) == ["cat", "dog"]
+
+
+def test_materialize_rebuilds_half_built_folders(tmp_path):
+    calls = []
+    build = lambda d: calls.append((d / "x").write_text("1"))  # noqa: E731
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "stale").write_text("half")
+    proxy.materialize(tmp_path / "d", build)
+    proxy.materialize(tmp_path / "d", build)
+    assert len(calls) == 1 and not (tmp_path / "d" / "stale").exists()
+
+
+ACC = {  # setting/corruption -> variant -> top-1 per seed (zero-shot: one run)
+    ("indomain", None): {"zero-shot": [0.50], "st": [0.52, 0.54, 0.56], "st_mim": [0.55, 0.55, 0.55],
+                         "must": [0.56, 0.57, 0.58], "st_nofair": [0.50, 0.51, 0.52]},
+    ("shift", "contrast"): {"zero-shot": [0.20], "st": [0.25] * 3, "st_mim": [0.27] * 3, "must": [0.30] * 3,
+                            "st_nofair": [0.26] * 3},
+    ("shift", "pixelate"): {"zero-shot": [0.60], "st": [0.60] * 3, "st_mim": [0.61] * 3, "must": [0.58] * 3,
+                            "st_nofair": [0.62] * 3},
+}
+
+
+def fake_records() -> list[dict]:
+    return [
+        {"setting": s, "corruption": c, "variant": v, "seed": None if v == "zero-shot" else seed,
+         "top1": acc, "mean_per_class": acc - 0.01, "seconds": {"eval": 1.0}}
+        for (s, c), variants in ACC.items() for v, accs in variants.items() for seed, acc in enumerate(accs)
+    ]
+
+
+def test_aggregate_means_stds_deltas_and_shift_mean():
+    rows = proxy.aggregate(fake_records(), list(proxy.VARIANT_FLAGS))
+    by = {(r["setting"], r["corruption"]): r["variants"] for r in rows}
+    assert list(by) == [("indomain", None), ("shift", "contrast"), ("shift", "pixelate"), ("shift", "mean")]
+    st = by["indomain", None]["st"]
+    assert st["top1"] == pytest.approx(0.54) and st["top1_std"] == pytest.approx(0.02)
+    assert st["delta_top1"] == pytest.approx(0.04) and st["seeds"] == [0, 1, 2]
+    assert by["indomain", None]["zero-shot"]["top1_std"] == 0.0
+    mean = by["shift", "mean"]
+    assert mean["zero-shot"]["top1"] == pytest.approx(0.40) and mean["must"]["top1"] == pytest.approx(0.44)
+    assert mean["must"]["delta_top1"] == pytest.approx(0.04)
+    assert mean["must"]["mean_per_class"] == pytest.approx(0.43)
+
+
+def test_targets_and_markdown():
+    rows = proxy.aggregate(fake_records(), list(proxy.VARIANT_FLAGS))
+    targets = {t["target"]: t for t in proxy.check_targets(rows)}
+    below = targets["MUST no more than 1 point below zero-shot anywhere"]
+    assert below["holds"] is False and "pixelate -2.0" in below["detail"]
+    assert targets["shift: MUST >= zero-shot + 5"]["holds"] is False
+    indomain = targets["in-domain: MUST >= zero-shot + 3"]
+    assert indomain["holds"] is True and indomain["detail"] == "57.0 vs 50.0 (+7.0)"
+    assert targets["in-domain: ZS < ST < ST+MIM <= MUST"]["holds"] is True
+    assert targets["in-domain: fairness helps (ST > ST w/o fairness)"]["holds"] is True
+    assert targets["shift: fairness helps (ST > ST w/o fairness)"]["holds"] is False
+
+    md = proxy.markdown(rows, list(targets.values()), list(proxy.VARIANT_FLAGS), "test")
+    assert "| setting | zero-shot | ST | ST+MIM | MUST | ST w/o fairness |" in md
+    assert "| in-domain (clean test) | 50.0 | 54.0 ± 2.0 | 55.0 ± 0.0 | 57.0 ± 1.0 | 51.0 ± 1.0 |" in md
+    assert "| shift: mean over corruptions | 40.0 |" in md and "Mean per-class accuracy" in md
+    assert "- shift: MUST >= zero-shot + 5: **fails** (44.0 vs 40.0 (+4.0))" in md
+
+
+def test_targets_not_measured_without_runs():
+    rows = proxy.aggregate([r for r in fake_records() if r["variant"] in ("zero-shot", "must")], ["zero-shot", "must"])
+    targets = proxy.check_targets(rows)
+    assert {t["target"]: t["holds"] for t in targets}["in-domain: ZS < ST < ST+MIM <= MUST"] is None
+    md = proxy.markdown(rows, targets, ["zero-shot", "must"], "test")
+    assert "| setting | zero-shot | MUST |" in md and "not measured" in md
