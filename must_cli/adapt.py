@@ -18,13 +18,14 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from must_cli import __version__
+from must_cli.cache import ResizedCache
 from must_cli.checkpoint import (
     MODEL_FILE, atomic_write_text, list_checkpoints, load_checkpoint, save_checkpoint, save_model,
 )
@@ -79,11 +80,32 @@ def autocast_for(device: torch.device, precision: str):
 
 
 def default_workers(requested: int) -> int:
-    return min(8, os.cpu_count() or 1) if requested < 0 else requested
+    """-1: the cores this process may use, shared among this machine's processes, one left for the main loop.
+
+    Decoding and augmenting both views is CPU-bound (~100 img/s per core), so a fast GPU needs them all.
+    """
+    if requested >= 0:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(32, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")) - 1))
+
+
+def compile_for_training(student: torch.nn.Module, teacher: MustModel, device: torch.device,
+                         enabled: bool) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """torch.compile the student (around DDP, so DDP still overlaps its all-reduce) and the teacher, on CUDA.
+
+    The wrappers share the modules' parameters, so the optimiser, EMA update and checkpoints
+    use the plain modules. A graph that fails to compile runs eager instead of ending the run
+    (suppress_errors). CPU runs stay eager: inductor needs a C++ toolchain there and gains little.
+    """
+    if not enabled or device.type != "cuda":
+        return student, teacher
+    torch._dynamo.config.suppress_errors = True
+    return torch.compile(student), torch.compile(teacher)
 
 
 def resolve_output(request: AdaptRequest, runs_root: Path = Path("runs")) -> Path:
-    """The run folder: --output, else the run being resumed (runs/latest or the --resume path), else runs/<timestamp>."""
+    """The run folder: --output, else the run being resumed (runs/latest or --resume PATH), else runs/<timestamp>."""
     if request.output is not None:
         return request.output
     if request.resume == "auto":
@@ -102,7 +124,8 @@ def find_checkpoint(resume: str, ckpt_dir: Path) -> Path:
     if resume == "auto":
         found = list_checkpoints(ckpt_dir)
         if not found:
-            raise MustError(f"--resume: no checkpoint in {ckpt_dir}: start without --resume or pass --output to the run folder")
+            raise MustError(f"--resume: no checkpoint in {ckpt_dir}: start without --resume or pass --output "
+                            "to the run folder")
         return found[-1]
     path = Path(resume)
     if path.is_dir():
@@ -135,8 +158,13 @@ def open_run(req: AdaptRequest, is_main: bool) -> tuple[Path, Path | None]:
             decision = str(e)
     decision = broadcast_object(decision)
     if isinstance(decision, str):
-        raise MustError(decision)
+        raise agreed_error(is_main, decision)
     return decision
+
+
+def agreed_error(is_main: bool, message: str) -> BaseException:
+    """An error all ranks reach together: rank 0 says it in one line, the others exit with the same code quietly."""
+    return MustError(message) if is_main else SystemExit(1)
 
 
 def prepare_output(out: Path) -> None:
@@ -170,7 +198,7 @@ def label_balance(hist: torch.Tensor) -> float:
 
 # Settings that may change on resume: they do not change what is computed (beyond rounding).
 RUNTIME_KEYS = frozenset({"device", "workers", "precision", "compile", "grad_checkpointing", "eval_every",
-                          "save_every", "keep_checkpoints", "batch_size", "accum_steps"})
+                          "save_every", "keep_checkpoints", "batch_size", "accum_steps", "cache", "cache_dir"})
 
 
 def run_fingerprint(cfg: MustConfig, classnames: list[str], templates: list[str], paths: list[Path],
@@ -290,6 +318,7 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
     zero_shot = copy.deepcopy(model).eval() if cfg.guard or eval_set else None
     teacher = copy.deepcopy(model).to(device).eval().requires_grad_(False)
     model.to(device)
+    model.visual.set_grad_checkpointing(cfg.grad_checkpointing)  # student only: the teacher keeps no activations
     student: torch.nn.Module = model
     if d.world > 1:
         student = torch.nn.parallel.DistributedDataParallel(
@@ -298,6 +327,7 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
         param_groups(model, cfg.weight_decay, cfg.layer_decay), lr=peak_lr, betas=(0.9, 0.999),
         **({"fused": True} if device.type == "cuda" else {}),
     )
+    train_student, train_teacher = compile_for_training(student, teacher, device, cfg.compile)
 
     state = TrainState()
     fingerprint = run_fingerprint(cfg, classnames, templates, [p.relative_to(req.images) for p in paths],
@@ -306,10 +336,11 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
         state = _resume(resume_from, fingerprint, cfg, model, teacher, optimizer, rep)
 
     sampler = EpochSampler(len(paths), cfg.seed, d.rank, d.world)
-    loader = DataLoader(
-        TrainViews(paths, pre, masks, cfg.seed), batch_size=batch, sampler=sampler, num_workers=workers,
+    cache = ResizedCache(Path(cfg.cache_dir) if cfg.cache_dir else out / "cache", pre.image_size) if cfg.cache else None
+    loader = DataLoader(  # workers x 2 batches in flight: enough to absorb slow images, bounded shared memory
+        TrainViews(paths, pre, masks, cfg.seed, cache), batch_size=batch, sampler=sampler, num_workers=workers,
         drop_last=True, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-        prefetch_factor=4 if workers > 0 else None,
+        prefetch_factor=2 if workers > 0 else None,
     )
 
     def checkpoint(sums: torch.Tensor | None = None, hist: torch.Tensor | None = None) -> None:
@@ -359,29 +390,36 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
                 sums.add_(m)
                 hist.add_(h)
                 last_lr[0] = lr
-                # One small all-reduce per step so every rank sees a NaN or a signal at the same step.
-                bad, stopping = reduce_sum(torch.stack([m[nonfinite], m.new_tensor(float(stop.signal is not None))])).tolist()
+                step_in_epoch = st.batches_done // cfg.accum_steps
+                due = st.step % cfg.save_every == 0 and step_in_epoch < steps_per_epoch
+                # Ranks agree on NaN/inf and signals when they log and before any checkpoint (so none
+                # holds NaN): one small all-reduce that waits for the GPU, hence not every step. A single
+                # process reacts to a signal at the next step.
+                if not (due or st.step % log_every == 0 or step_in_epoch == steps_per_epoch
+                        or (d.world == 1 and stop.signal is not None)):
+                    return False
+                flags = torch.stack([sums[nonfinite], sums.new_tensor(float(stop.signal is not None))])
+                bad, stopping = reduce_sum(flags).tolist()
                 if bad:
                     kept = list_checkpoints(ckpt_dir)
-                    raise MustError(
-                        f"the loss became NaN/inf at step {st.step}: lower --lr (or use --precision fp32); "
+                    raise agreed_error(d.is_main,
+                        f"the loss became NaN/inf by step {st.step}: lower --lr (or use --precision fp32); "
                         + (f"last good checkpoint kept: {kept[-1]}" if kept else "no checkpoint was written yet"))
-                step_in_epoch = st.batches_done // cfg.accum_steps
-                if st.step % log_every == 0 or step_in_epoch == steps_per_epoch:
-                    rep.update(step_in_epoch, _stats(reduce_sum(sums), reduce_sum(hist), lr))
-                if (st.step % cfg.save_every == 0 or stopping) and step_in_epoch < steps_per_epoch:
+                rep.update(step_in_epoch, _stats(reduce_sum(sums), reduce_sum(hist), lr))
+                if (due or stopping) and step_in_epoch < steps_per_epoch:
                     checkpoint(sums, hist)
                 halted[0] = bool(stopping)
                 return halted[0]
 
             rep.start_epoch(state.epoch, cfg.epochs, steps_per_epoch, state.batches_done // cfg.accum_steps)
             try:
-                batches = itertools.islice(loader, batches_per_epoch - state.batches_done)
-                train_epoch(student, teacher, optimizer, _report_unreadable(batches, paths, unreadable, rep.warn),
+                rest = itertools.islice(loader, batches_per_epoch - state.batches_done)
+                train_epoch(train_student, train_teacher, optimizer,
+                            _report_unreadable(rest, paths, unreadable, rep.warn),
                             cfg, state, total_steps, peak_lr, floor_lr, device, autocast, on_step)
             finally:
                 rep.end_epoch()
-            stopped = MustError(
+            stopped = agreed_error(d.is_main,
                 f"stopped by {signal.Signals(stop.signal).name if stop.signal else 'a signal to another process'} "
                 f"at step {state.step}: checkpoint saved; continue with `must adapt ... --output {out} --resume`")
             if halted[0] and state.batches_done < batches_per_epoch:
@@ -389,7 +427,8 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
             total, h = reduce_sum(sums), reduce_sum(hist)
             record = {"epoch": state.epoch + 1, "step": state.step, **_stats(total, h, last_lr[0]),
                       "seconds": round(time.time() - epoch_start, 2)}
-            record["images_per_second"] = round((float(total[n_images]) - images_before) / max(record["seconds"], 1e-9), 1)
+            seen = float(total[n_images]) - images_before  # this session's images only, after a resume
+            record["images_per_second"] = round(seen / max(record["seconds"], 1e-9), 1)
             if eval_set and d.is_main and ((state.epoch + 1) % cfg.eval_every == 0 or state.epoch + 1 == cfg.epochs):
                 record["eval"] = evaluate_models({"teacher": teacher, "student": model}, *eval_set, classnames,
                                                  pre, device, autocast, workers)
@@ -420,12 +459,14 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
         point_latest(out)
         _summary(rep, state.metrics, out, len(skipped), guard_note)
     if d.world > 1:
-        torch.distributed.barrier()  # the others wait while rank 0 runs the guard and writes the model
+        # The others wait while rank 0 runs the guard and writes the model.
+        torch.distributed.barrier(device_ids=[device.index] if device.type == "cuda" else None)
         torch.distributed.destroy_process_group()
     return out
 
 
-def _report_unreadable(batches: Iterable[dict], paths: list[Path], seen: set[int], warn) -> Iterator[dict]:
+def _report_unreadable(batches: Iterable[dict], paths: list[Path], seen: set[int],
+                       warn: Callable[[str], None]) -> Iterator[dict]:
     """Warn once per file that passed the header scan but fails to decode (e.g. truncated data).
 
     TrainViews already substituted another image, so training goes on; the user learns which file to fix.

@@ -75,14 +75,16 @@ def adapt(
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     eval_dir: Optional[Path] = typer.Option(None, "--eval-dir", help="Optional labeled folder (one sub-folder per class) to track accuracy."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Data loading processes (default: cores, max 8)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Data loading processes (default: the cores, less one)."),
     mim: Optional[bool] = typer.Option(None, "--mim/--no-mim", help="Masked image modeling objective."),
     align: Optional[bool] = typer.Option(None, "--align/--no-align", help="[CLS]/[MSK] alignment objective."),
     fairness: Optional[bool] = typer.Option(None, "--fairness/--no-fairness", help="Fairness regulariser."),
     guard: Optional[bool] = typer.Option(None, "--guard/--no-guard", help="Keep zero-shot if adaptation collapses."),
     accum_steps: Optional[int] = typer.Option(None, "--accum-steps", help="Gradient accumulation steps."),
     grad_checkpointing: Optional[bool] = typer.Option(None, "--grad-checkpointing/--no-grad-checkpointing"),
-    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile on CUDA."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile on CUDA (default on; CPU runs eager)."),
+    cache: Optional[bool] = typer.Option(None, "--cache/--no-cache", help="Keep a resized copy of large photos for later epochs (default on)."),
+    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Folder for that copy (default <output>/cache)."),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto, fp32 or bf16."),
     save_every: Optional[int] = typer.Option(None, "--save-every", help="Checkpoint every N steps."),
     resume: Optional[str] = typer.Option(
@@ -103,6 +105,7 @@ def adapt(
         model=model, pretrained=pretrained, epochs=epochs, batch_size=batch_size, base_lr=lr, device=device,
         seed=seed, workers=workers, mim=mim, align=align, fairness=fairness, guard=guard, accum_steps=accum_steps,
         grad_checkpointing=grad_checkpointing, compile=compile, precision=precision, save_every=save_every,
+        cache=cache, cache_dir=cache_dir,
     )
     cfg = resolve_config(preset, config, overrides)
     if gpus and gpus > 1:
@@ -125,7 +128,7 @@ def eval_(
     templates: Optional[Path] = typer.Option(None, "--templates", help="With --zero-shot: prompt templates, one per line with '{}'."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also write every number to this JSON file."),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
-    workers: int = typer.Option(-1, "--workers", help="Data loading processes (default: cores, max 8)."),
+    workers: int = typer.Option(-1, "--workers", help="Data loading processes (default: the cores, less one)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Measure accuracy on labeled images: top-1, mean per class, per-class recall, most confused pairs."""
@@ -191,7 +194,7 @@ def predict(
     link: Optional[str] = typer.Option(None, "--link", help="hard or sym: link into --sort-into instead of copying."),
     min_confidence: Optional[float] = typer.Option(None, "--min-confidence", help="Top-1 probability below this goes to DIR/_uncertain/."),
     batch_size: int = typer.Option(256, "--batch-size"),
-    workers: int = typer.Option(-1, "--workers", help="Data loading processes (default: cores, max 8)."),
+    workers: int = typer.Option(-1, "--workers", help="Data loading processes (default: the cores, less one)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     zero_shot: bool = typer.Option(False, "--zero-shot", help="Predict with plain CLIP (--model spec, --classes) to compare."),
     classes: Optional[Path] = typer.Option(None, "--classes", help="With --zero-shot: one class name per line."),

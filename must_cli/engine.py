@@ -51,9 +51,7 @@ def init_distributed(use_cuda: bool) -> Dist:
     if not dist.is_initialized():
         if use_cuda:
             torch.cuda.set_device(local_rank)
-            dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
-        else:
-            dist.init_process_group("gloo")
+        dist.init_process_group("nccl" if use_cuda else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
@@ -172,7 +170,7 @@ class TrainState:
     fair_running: torch.Tensor | None = None  # running p_bar when classes are many
     metrics: list[dict] = field(default_factory=list)
     epoch_sums: torch.Tensor | None = None  # metric sums of the current epoch so far, over all ranks
-    epoch_hist: torch.Tensor | None = None  # and its pseudo-label histogram: a resumed epoch logs like an uninterrupted one
+    epoch_hist: torch.Tensor | None = None  # and its label histogram, so a resumed epoch logs like an uninterrupted one
 
 
 def pixel_mask(mask: torch.Tensor, grid: int, patch: int) -> torch.Tensor:
@@ -218,12 +216,14 @@ def must_step(
         loss = loss + cfg.w_align * loss_align
     pseudo = teacher_probs.argmax(dim=1)
     agree = (out.logits.detach().argmax(dim=1) == pseudo).sum()
-    metrics = torch.stack([
-        loss.detach(), loss_cls.detach(), loss_fair.detach(), loss_mim.detach(), loss_align.detach(),
-        keep.sum().float(), agree.float(), (~torch.isfinite(loss.detach())).float(),
-        loss.new_tensor(float(weak.shape[0])),
-    ]).float() * torch.tensor([weak.shape[0]] * 5 + [1] * 4, device=loss.device)
-    hist = torch.bincount(pseudo[keep], minlength=core.num_classes).float()
+    # No host->device copies (torch.tensor) or data-dependent shapes (pseudo[keep], bincount) here:
+    # each would make the CPU wait for the GPU every step.
+    b = weak.shape[0]
+    losses = torch.stack([loss, loss_cls, loss_fair, loss_mim, loss_align]).detach().float() * b
+    counts = torch.stack([keep.sum().float(), agree.float(), (~torch.isfinite(loss.detach())).float(),
+                          loss.new_full((), float(b))]).float()
+    metrics = torch.cat([losses, counts])
+    hist = torch.zeros(core.num_classes, device=pseudo.device).index_add_(0, pseudo, keep.float())
     return loss, metrics, hist
 
 

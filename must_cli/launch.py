@@ -2,10 +2,14 @@
 
 No launcher of our own: torchrun sets RANK/WORLD_SIZE/LOCAL_RANK and the rendezvous, and
 `must adapt` joins it (NCCL on GPUs; gloo with --device cpu, which is how this is tested).
+`python -m must_cli.launch ARGS` is torchrun's own main, except that when a worker fails or
+a signal stops the run it exits with a code instead of a traceback: the workers have
+already said why in one line.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -59,7 +63,8 @@ def launch_local(n: int, device: str, args: list[str], debug: bool) -> int:
                             f"{n} CPU processes (gloo) for testing")
         if n > count:
             raise MustError(f"--gpus {n}: only {count} GPU(s) are visible: use --gpus {count} or fewer")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+    launcher = "torch.distributed.run" if debug else "must_cli.launch"
+    cmd = [sys.executable, "-m", launcher, "--standalone", f"--nproc_per_node={n}",
            "-m", "must_cli", *(["--debug"] if debug else []), "adapt", *without_gpus(args)]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))  # torchrun would say 1, loudly
@@ -71,3 +76,32 @@ def launch_local(n: int, device: str, args: list[str], debug: bool) -> int:
     finally:
         for sig, handler in relay.items():
             signal.signal(sig, handler)
+
+
+def torchrun_quietly(argv: list[str]) -> int:
+    """Run torch.distributed.run's main; a failed or stopped run gives an exit code, not a traceback.
+
+    A worker that exits with 1 has printed its one-line error; one killed by a signal (e.g. the
+    out-of-memory killer) could not, so that case gets a line here.
+    """
+    os.environ.setdefault("LOGLEVEL", "CRITICAL")  # read by torchrun's loggers at import
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main
+
+    logging.getLogger("torch.distributed.elastic").setLevel(os.environ["LOGLEVEL"])  # "sending SIGTERM to ..."
+    try:
+        main(argv)
+    except SignalException as e:
+        return 128 + int(e.sigval)
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        if failure.exitcode < 0:
+            print(f"error: process {rank} was killed by {signal.Signals(-failure.exitcode).name} (out of memory?): "
+                  "resume with --resume", file=sys.stderr)
+        return failure.exitcode if failure.exitcode > 0 else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(torchrun_quietly(sys.argv[1:]))

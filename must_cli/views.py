@@ -20,6 +20,7 @@ from torch.utils.data import Dataset, Sampler
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
+from must_cli.cache import ResizedCache
 from must_cli.images import ImageReadError, load_rgb
 from must_cli.masking import MaskGenerator
 from must_cli.model import Preprocess
@@ -117,10 +118,13 @@ class TrainViews(Dataset):
 
     A file that fails to decode mid-run (e.g. truncated after the header check) is
     replaced by the next image and reported through ``bad`` so the loop can warn once.
+    With a ``cache``, large photos are read from their resized copy after the first epoch.
     """
 
-    def __init__(self, paths: Sequence[Path], pre: Preprocess, masks: MaskGenerator | None, seed: int):
+    def __init__(self, paths: Sequence[Path], pre: Preprocess, masks: MaskGenerator | None, seed: int,
+                 cache: ResizedCache | None = None):
         self.paths, self.masks, self.seed = list(paths), masks, seed
+        self.load = cache.load if cache is not None else load_rgb
         self.weak, self.strong = weak_view(pre), strong_view(pre)
 
     def __len__(self) -> int:
@@ -132,7 +136,7 @@ class TrainViews(Dataset):
         for offset in range(len(self.paths)):
             i = (index + offset) % len(self.paths)
             try:
-                image = load_rgb(self.paths[i])
+                image = self.load(self.paths[i])
                 break
             except ImageReadError:
                 bad = i if bad < 0 else bad

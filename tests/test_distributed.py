@@ -2,8 +2,16 @@
 
 EpochSampler gives rank r the indices order[r::2], so the two ranks' batches together are the
 one-process batch; per-sample seeding makes their views and masks identical, and the fairness
-average is all-gathered with its gradient. What is left is float summation order, hence a
-tolerance instead of equality: ATOL below on weights, RTOL on the logged loss.
+average is all-gathered with its gradient. What is left is float summation order, hence
+tolerances instead of equality:
+
+- logged loss: relative 1e-5;
+- gradient of the first step (AdamW's first moment / 0.1): absolute 1e-6 (observed 4e-7, max |g| ~1);
+- updated weights: absolute 1e-5 (observed 2e-8) wherever |gradient| > 1e-6. Below that the
+  gradient is rounding noise (e.g. the attention key bias, whose exact gradient is 0) and
+  AdamW's g / (|g| + 1e-8) turns noise into a step of up to lr in either direction, so there
+  only |difference| <= 2 lr is asserted;
+- EMA teachers and the shipped model: absolute 1e-5.
 """
 
 from __future__ import annotations
@@ -12,7 +20,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,8 +32,9 @@ from must_cli.cli import app
 from conftest import make_color_images
 
 torch.set_num_threads(1)
-ATOL = 1e-5  # weights after AdamW steps (observed differences are ~1e-7)
-RTOL = 1e-5  # logged losses
+ATOL = 1e-5
+RTOL = 1e-5
+GRAD_ATOL = NOISE = 1e-6
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
 
 
@@ -81,16 +89,25 @@ def test_one_step_matches_one_process_with_the_union_batch(runs):
     two = load_checkpoint(runs["two"] / "checkpoints" / "step-00000001.pt")
     assert loss_of(two) == pytest.approx(loss_of(one), rel=RTOL)
     assert one["state"]["epoch_sums"][5] > 0  # some pseudo-labels were kept
-    assert_close(one["student"], two["student"])
     assert_close(one["teacher"], two["teacher"])
+    for g1, g2 in zip(one["optimizer"]["param_groups"], two["optimizer"]["param_groups"]):
+        for index, name in zip(g1["params"], g1["names"]):
+            grad = one["optimizer"]["state"][index]["exp_avg"] / 0.1
+            torch.testing.assert_close(two["optimizer"]["state"][index]["exp_avg"] / 0.1, grad,
+                                       atol=GRAD_ATOL, rtol=1e-4, msg=name)
+            diff = (one["student"][name] - two["student"][name]).abs()
+            signal = grad.abs() > NOISE
+            assert (diff[signal] <= ATOL).all(), name
+            assert diff.max() <= 2 * g1["lr"], name
 
 
 def test_final_models_match(runs):
     assert_close(load_file(runs["one"] / "model.safetensors"), load_file(runs["two"] / "model.safetensors"))
     one = load_checkpoint(runs["one"] / "checkpoints" / "step-00000002.pt")
     two = load_checkpoint(runs["two"] / "checkpoints" / "step-00000002.pt")
-    assert_close(one["student"], two["student"])
-    assert one["state"]["metrics"][0]["loss"] == pytest.approx(two["state"]["metrics"][0]["loss"], rel=RTOL)
+    assert_close(one["teacher"], two["teacher"])
+    for key in ("loss", "loss_cls", "loss_fair", "loss_mim", "loss_align", "kept", "agree"):
+        assert one["state"]["metrics"][0][key] == pytest.approx(two["state"]["metrics"][0][key], rel=RTOL), key
 
 
 def test_two_process_checkpoint_resumes_on_one_process(runs, tmp_path):
@@ -99,8 +116,18 @@ def test_two_process_checkpoint_resumes_on_one_process(runs, tmp_path):
     shutil.copytree(runs["two"], run)
     for name in ("checkpoints/step-00000002.pt", "model.safetensors", "metrics.jsonl"):
         (run / name).unlink()
-    r = CliRunner().invoke(app, [*runs["common"], "--batch-size", "6", "--output", str(run), "--resume"])
+    r = CliRunner().invoke(app, [*runs["common"], "--batch-size", "6", "--resume", "--output", str(run)])
     assert r.exit_code == 0, r.output
     assert "resumed from" in r.output and "step-00000001.pt" in r.output
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-00000001.pt", "step-00000002.pt"]
     assert_close(load_file(run / "model.safetensors"), load_file(runs["one"] / "model.safetensors"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for machines without a GPU")
+def test_gpus_without_a_gpu_says_how_to_test_on_cpu(runs, tmp_path):
+    argv = [a for a in runs["common"] if a != "--device" and a != "cpu"]
+    r = CliRunner().invoke(app, [*argv, "--gpus", "2", "--output", str(tmp_path / "out")])
+    assert r.exit_code == 1 and r.output.strip() == (
+        "error: --gpus 2: no CUDA GPU is visible: drop --gpus, or add --device cpu to run 2 CPU processes "
+        "(gloo) for testing"), r.output
+    assert not (tmp_path / "out").exists()

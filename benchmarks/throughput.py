@@ -1,0 +1,284 @@
+"""Throughput of a MUST training step and of the data pipeline, printed as one JSON object.
+
+Step: synthetic batches through the real engine (``engine.train_epoch``: must_step, backward,
+AdamW step, foreach EMA update), eager fp32 against the optimised path adapt takes on that
+device (bf16 autocast; on CUDA also fused AdamW and torch.compile). The tower is built from
+its open_clip config with random weights (no download), with a random K-class head. Before
+timing, the optimised path's losses are compared with eager fp32 on the same weights and batch.
+
+Data: one generated photo per size, copied into a folder, through TrainViews + DataLoader:
+without the resized cache (every epoch decodes the originals), then the cache's first epoch
+(builds it) and second epoch (reads it).
+
+    python benchmarks/throughput.py --quick                     # CPU, tiny ViT, seconds
+    python benchmarks/throughput.py --model ViT-B-16 --device cuda --batch-sizes 64 256
+    python benchmarks/throughput.py --model ViT-L-14 --device cuda --batch-sizes 32 64 \\
+        --paths optimised --grad-checkpointing --skip-data      # peak memory per batch size
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from must_cli.adapt import autocast_for, compile_for_training, default_workers
+from must_cli.cache import ResizedCache
+from must_cli.config import MustConfig
+from must_cli.engine import TrainState, must_step, param_groups, train_epoch
+from must_cli.masking import MaskGenerator, resolve_mask_patch_size
+from must_cli.model import MustModel, Preprocess, build_visual
+from must_cli.views import EpochSampler, TrainViews
+
+# Small towers for CPU runs; any other name is looked up in open_clip's model configs.
+LOCAL_CONFIGS: dict[str, dict[str, Any]] = {
+    "tiny": {"embed_dim": 32, "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 2,
+                                             "head_width": 16, "mlp_ratio": 2.0}},
+    # ViT-B/16's token grid (224 px, 16-px patches) with a ViT-Ti-sized, 4-block trunk.
+    "mini": {"embed_dim": 192, "vision_cfg": {"image_size": 224, "patch_size": 16, "width": 192, "layers": 4,
+                                              "head_width": 64, "mlp_ratio": 4.0}},
+}
+LOSS_KEYS = ("loss", "loss_cls", "loss_fair", "loss_mim", "loss_align")
+BF16_TOLERANCE = {"rtol": 2e-2, "atol": 1e-2}  # bf16 keeps 8 mantissa bits: ~0.4% per rounding
+
+
+def build_model(name: str, classes: int) -> MustModel:
+    """Random-weight tower from its config plus a random unit-norm head at CLIP's logit scale 100.
+
+    GELU as open_clip's config says (OpenAI weights use QuickGELU: same cost), so the graphs
+    match a `must adapt` run on a local-dir model and inductor's cache serves both.
+    """
+    cfg = LOCAL_CONFIGS.get(name) or open_clip.get_model_config(name)
+    if cfg is None:
+        raise SystemExit(f"unknown model {name}: use tiny, mini or an open_clip name such as ViT-B-16")
+    visual = build_visual({"embed_dim": cfg["embed_dim"], "vision_cfg": cfg["vision_cfg"]})
+    return MustModel(visual, F.normalize(torch.randn(cfg["embed_dim"], classes), dim=0), 100.0)
+
+
+def synthetic_batch(model: MustModel, batch: int, device: torch.device, cfg: MustConfig) -> dict[str, torch.Tensor]:
+    size = model.grid_size * model.patch_size
+    masks = MaskGenerator(size, model.patch_size, resolve_mask_patch_size(cfg.mask_patch_size, size, model.patch_size),
+                          cfg.mask_ratio)
+    rng = np.random.default_rng(0)
+    return {"weak": torch.randn(batch, 3, size, size, device=device),
+            "strong": torch.randn(batch, 3, size, size, device=device),
+            "mask": torch.from_numpy(np.stack([masks(rng) for _ in range(batch)])).to(device)}
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak allocated GPU memory since the last reset; on CPU the process's peak RSS (never reset)."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def loss_values(student, teacher, batch, cfg, autocast) -> dict[str, float]:
+    metrics = must_step(student, teacher, batch, cfg, TrainState(), autocast)[1]
+    return dict(zip(LOSS_KEYS, (metrics[:5] / batch["weak"].shape[0]).tolist()))
+
+
+def run_steps(args: argparse.Namespace, path: str, batch: int, device: torch.device) -> dict[str, Any]:
+    """img/s and peak memory of one path at one batch size (and, optimised, its losses vs eager fp32)."""
+    optimised = path == "optimised"
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    torch.manual_seed(0)
+    cfg = MustConfig(accum_steps=args.accum_steps)
+    model = build_model(args.model, args.classes).to(device)
+    teacher = copy.deepcopy(model).eval().requires_grad_(False)
+    model.visual.set_grad_checkpointing(args.grad_checkpointing)
+    fused = optimised and device.type == "cuda"
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.layer_decay), lr=1e-5,
+                                  **({"fused": True} if fused else {}))
+    autocast = autocast_for(device, "bf16" if optimised else "fp32")
+    student, teach = compile_for_training(model, teacher, device, optimised and args.compile)
+    data = synthetic_batch(model, batch, device, cfg)
+    result: dict[str, Any] = {"path": path, "batch": batch, "accum_steps": args.accum_steps,
+                              "bf16": optimised, "fused_adamw": fused,
+                              "compile": optimised and args.compile and device.type == "cuda",
+                              "grad_checkpointing": args.grad_checkpointing}
+    if optimised:  # same weights, same batch: the optimised losses against eager fp32
+        ref = loss_values(model, teacher, data, cfg, contextlib.nullcontext)
+        opt = loss_values(student, teach, data, cfg, autocast)
+        diff = {k: abs(opt[k] - ref[k]) for k in LOSS_KEYS}
+        result["loss_check"] = {"fp32": ref, "optimised": opt, "abs_diff": diff, "tolerance": BF16_TOLERANCE,
+                                "within_tolerance": all(diff[k] <= BF16_TOLERANCE["rtol"] * abs(ref[k])
+                                                        + BF16_TOLERANCE["atol"] for k in LOSS_KEYS)}
+    state = TrainState()
+
+    def steps(n: int) -> None:
+        batches = (data for _ in range(n * args.accum_steps))
+        train_epoch(student, teach, optimizer, batches, cfg, state, 10**6, 1e-5, 1e-6, device, autocast,
+                    lambda *a: False)
+
+    start = time.perf_counter()
+    steps(args.warmup)  # includes compilation on CUDA
+    sync(device)
+    result["warmup_s"] = round(time.perf_counter() - start, 2)
+    start = time.perf_counter()
+    steps(args.steps)
+    sync(device)
+    seconds = time.perf_counter() - start
+    result["img_per_s"] = round(args.steps * args.accum_steps * batch / seconds, 1)
+    result["peak_mem_mb"] = peak_memory_mb(device)
+    result["peak_mem_kind"] = "cuda max_memory_allocated" if device.type == "cuda" else "process max RSS so far"
+    if device.type == "cuda":  # every CPU<->GPU synchronisation inside one step would warn here
+        torch.cuda.set_sync_debug_mode("warn")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            steps(1)
+        torch.cuda.set_sync_debug_mode("default")
+        result["host_syncs_per_step"] = sum("synchroniz" in str(w.message) for w in caught)
+    del model, teacher, student, teach, optimizer, data
+    return result
+
+
+def photo(width: int, height: int) -> Image.Image:
+    """A photo-like image (smooth colour regions plus sensor-like noise) that compresses like a real one."""
+    rng = np.random.default_rng(0)
+    coarse = rng.integers(0, 256, (height // 64 + 2, width // 64 + 2, 3), dtype=np.uint8)
+    smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BILINEAR), dtype=np.int16)
+    noise = rng.integers(-10, 11, (height, width, 3), dtype=np.int16)
+    return Image.fromarray(np.clip(smooth + noise, 0, 255).astype(np.uint8))
+
+
+def epoch_rate(dataset: TrainViews, n: int, batch: int, workers: int, epochs: int) -> list[float]:
+    """img/s of each of ``epochs`` passes (persistent workers: their start-up counts in the first)."""
+    sampler = EpochSampler(n, seed=0)
+    loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True,
+                        persistent_workers=workers > 0, prefetch_factor=2 if workers > 0 else None)
+    rates = []
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        start = time.perf_counter()
+        count = sum(b["weak"].shape[0] for b in loader)
+        rates.append(round(count / (time.perf_counter() - start), 1))
+    return rates
+
+
+def run_data(args: argparse.Namespace, size: str, root: Path) -> dict[str, Any]:
+    width, height = (int(v) for v in size.split("x"))
+    folder = root / size
+    folder.mkdir()
+    photo(width, height).save(folder / "0.jpg", quality=90)
+    for i in range(1, args.data_images):
+        shutil.copyfile(folder / "0.jpg", folder / f"{i}.jpg")
+    paths = sorted(folder.iterdir())
+    s = args.data_image_size
+    pre = Preprocess(s, open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
+    masks = MaskGenerator(s, 16, resolve_mask_patch_size(32, s, 16), 0.3)
+    cache = ResizedCache(root / f"cache-{size}", s)
+    batch = min(args.data_batch, len(paths))
+    TrainViews(paths, pre, masks, 0)[(0, 0)]  # first-call costs (lazy imports, PIL plugins) stay out of the timings
+    uncached = epoch_rate(TrainViews(paths, pre, masks, 0), len(paths), batch, args.workers, 1)[0]
+    first, second = epoch_rate(TrainViews(paths, pre, masks, 0, cache), len(paths), batch, args.workers, 2)
+    return {"size": size, "file_kb": round((folder / "0.jpg").stat().st_size / 1024, 1), "images": len(paths),
+            "workers": args.workers, "input_size": s, "uncached_img_per_s": uncached,
+            "cache_epoch1_img_per_s": first, "cache_epoch2_img_per_s": second,
+            "cached_files": sum(1 for _ in cache.root.rglob("*.jpg")) if cache.root.exists() else 0}
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    info = {"cpu": cpu, "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "torch": torch.__version__, "open_clip": open_clip.__version__, "python": platform.python_version(),
+            "date": datetime.datetime.now().isoformat(timespec="seconds"), "device": str(device),
+            "torch_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def ratios(steps: list[dict], data: list[dict]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    by = {(r["path"], r["batch"]): r["img_per_s"] for r in steps}
+    for (path, b), rate in by.items():
+        if path == "optimised" and ("eager", b) in by:
+            out[f"optimised_over_eager_b{b}"] = round(rate / by["eager", b], 2)
+    for r in data:
+        out[f"cache_epoch2_over_uncached_{r['size']}"] = round(r["cache_epoch2_img_per_s"] / r["uncached_img_per_s"], 2)
+    if len(data) > 1:
+        out[f"cached_{data[-1]['size']}_over_{data[0]['size']}"] = round(
+            data[-1]["cache_epoch2_img_per_s"] / data[0]["cache_epoch2_img_per_s"], 2)
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="mini", help="tiny, mini, or an open_clip name (ViT-B-16, ViT-L-14)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[16])
+    p.add_argument("--paths", nargs="+", default=["eager", "optimised"], choices=["eager", "optimised"])
+    p.add_argument("--classes", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=5, help="timed optimiser steps per configuration")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation happens here)")
+    p.add_argument("--accum-steps", type=int, default=1)
+    p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="on CUDA, optimised path")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--skip-steps", action="store_true")
+    p.add_argument("--skip-data", action="store_true")
+    p.add_argument("--data-sizes", nargs="+", default=["500x375", "4000x3000"], help="WIDTHxHEIGHT of the JPEGs")
+    p.add_argument("--data-images", type=int, default=64, help="images per folder")
+    p.add_argument("--data-batch", type=int, default=16)
+    p.add_argument("--data-image-size", type=int, default=224, help="views' side in pixels")
+    p.add_argument("--workers", type=int, default=-1, help="DataLoader workers (-1: as must adapt)")
+    p.add_argument("--out", type=Path, help="also write the JSON here")
+    p.add_argument("--quick", action="store_true", help="CI-sized: tiny model, few steps, few small images")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.model, args.batch_sizes, args.steps, args.warmup = "tiny", [8], 2, 1
+        args.data_sizes, args.data_images, args.data_batch = ["500x375", "1600x1200"], 4, 4
+        args.workers = 0 if args.workers < 0 else args.workers
+    args.workers = default_workers(args.workers)
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    steps = [] if args.skip_steps else [
+        run_steps(args, path, b, device) for b in args.batch_sizes for path in args.paths]
+    with tempfile.TemporaryDirectory(prefix="must-throughput-") as tmp:
+        data = [] if args.skip_data else [run_data(args, size, Path(tmp)) for size in args.data_sizes]
+    report = {"machine": machine(device), "model": args.model, "classes": args.classes,
+              "steps": steps, "data": data, "ratios": ratios(steps, data)}
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()
