@@ -13,7 +13,7 @@ Every variant uses the same hyperparameters (``--preset``, ``--epochs``, ``--ada
 nothing is tuned per setting on test labels. Each finished run leaves a ``result.json`` in
 the work folder and is skipped when the script is started again, so a long run can be resumed.
 
-    python benchmarks/proxy.py --quick            # about an hour on a 2-core CPU
+    python benchmarks/proxy.py --quick            # about an hour on an idle 2-core CPU (one seed: see docs/benchmarks.md)
     python benchmarks/proxy.py --device cuda      # full size
 """
 
@@ -56,7 +56,7 @@ VARIANT_FLAGS: dict[str, list[str]] = {
 VARIANT_TITLES = {"zero-shot": "zero-shot", "st": "ST", "st_mim": "ST+MIM", "must": "MUST",
                   "st_nofair": "ST w/o fairness"}
 SIZES: dict[str, dict[str, int | None]] = {  # images per setting; None: all of them
-    "quick": {"pool": 5000, "test": 2000, "shift": 1000},
+    "quick": {"pool": 2000, "test": 2000, "shift": 2000},
     "full": {"pool": None, "test": None, "shift": None},
 }
 METRICS = {"top1": "Top-1 accuracy", "mean_per_class": "Mean per-class accuracy"}

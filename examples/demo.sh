@@ -11,7 +11,7 @@ if ! command -v must >/dev/null 2>&1; then
 fi
 model="local-dir:examples/demo-model"
 common=(--classes examples/classes.txt --templates examples/templates.txt)
-out="${1:-runs/demo}"
+out="${1:-runs/demo-$(date +%Y%m%d-%H%M%S)}"
 
 echo "== 1. zero-shot accuracy of the stand-in CLIP (before) =="
 must eval examples/eval --zero-shot --model "$model" "${common[@]}"
