@@ -1,0 +1,132 @@
+"""Training dynamics probe: teacher and student accuracy every N steps of MUST on a proxy CLIP.
+
+Used to find out why adaptation does not reach the issue's gain targets on the 32-px proxy
+models (docs/benchmarks.md, "What we found"). It drives the real engine (must_step,
+train_epoch, EMA) in-process and evaluates teacher and student on labeled images every
+--eval-every optimiser steps, which `must adapt --eval-dir` only does once per epoch.
+--mag/--scale replace the strong view's RandAugment magnitude and crop scale (0 = no
+RandAugment), --freeze-cls freezes the text-built classifier, --cfg sets MustConfig fields.
+
+    python benchmarks/dynamics.py --model SHARED/models/cifar10-tinyclip --pool POOL \\
+        --test TEST_BY_CLASS --lr 2.5e-5 --epochs 8 --eval-every 30 --cfg '{"mim": false, "align": false}'
+
+Each run prints (step, teacher top-1, student top-1, kept share, agreement) rows and one
+RESULT line of JSON; benchmarks/results/dynamics/*.log are the runs docs/benchmarks.md cites.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import itertools
+import json
+import time
+from pathlib import Path
+
+import torch
+from timm.data.auto_augment import rand_augment_transform
+from torch.utils.data import DataLoader
+from torchvision import transforms as T
+
+from must_cli import views
+from must_cli.config import MustConfig
+from must_cli.engine import TrainState, param_groups, train_epoch
+from must_cli.evaluate import predict_labels
+from must_cli.images import discover_images
+from must_cli.masking import MaskGenerator, resolve_mask_patch_size
+from must_cli.model import Preprocess, build_must_model
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", required=True, help="a proxy model folder (local-dir format with proxy_info)")
+    ap.add_argument("--pool", required=True, help="unlabeled images (searched recursively)")
+    ap.add_argument("--test", required=True, help="labeled images, one folder per class")
+    ap.add_argument("--n", type=int, default=1000, help="pool images used (evenly spaced)")
+    ap.add_argument("--ntest", type=int, default=500, help="test images (first ntest/K of each class)")
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--bs", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=2.5e-5, help="peak lr (absolute, not per 256)")
+    ap.add_argument("--eval-every", type=int, default=15)
+    ap.add_argument("--mag", type=float, default=9, help="RandAugment magnitude of the strong view (0: none)")
+    ap.add_argument("--scale", type=float, default=0.3, help="RandomResizedCrop minimum area of the strong view")
+    ap.add_argument("--freeze-cls", action="store_true", help="keep the text-built classifier fixed")
+    ap.add_argument("--name", default="run")
+    ap.add_argument("--cfg", default="{}", help="JSON object of MustConfig fields")
+    return ap.parse_args()
+
+
+def strong_view(a: argparse.Namespace, pre: Preprocess) -> T.Compose:
+    """The paper's strong view with the magnitude and crop scale under test."""
+    hp = {"translate_const": int(pre.image_size * 0.45), "img_mean": tuple(round(255 * m) for m in pre.mean),
+          "magnitude_max": 9.99}
+    ops = [T.RandomResizedCrop(pre.image_size, scale=(a.scale, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+           T.RandomHorizontalFlip()]
+    if a.mag > 0:
+        ops.append(rand_augment_transform(f"rand-n2-m{a.mag:g}-mstd0.5-inc1", hp))
+    return T.Compose(ops + [T.ToTensor(), T.Normalize(pre.mean, pre.std)])
+
+
+def main() -> None:
+    a = parse_args()
+    torch.set_num_threads(1)
+    cfg = MustConfig(**json.loads(a.cfg))
+    info = json.loads((Path(a.model) / "open_clip_config.json").read_text())["proxy_info"]
+    classes, templates = info["classes"], info["templates"]
+    pool = discover_images(Path(a.pool))
+    pool = pool[:: max(1, len(pool) // a.n)][: a.n]
+    test: list[Path] = []
+    labels: list[int] = []
+    for i, c in enumerate(classes):
+        files = sorted((Path(a.test) / c).iterdir())[: a.ntest // len(classes)]
+        test += files
+        labels += [i] * len(files)
+    truth = torch.tensor(labels)
+
+    torch.manual_seed(0)
+    model, pre = build_must_model(f"local-dir:{a.model}", None, classes, templates, torch.device("cpu"))
+    square = resolve_mask_patch_size(cfg.mask_patch_size, pre.image_size, model.patch_size)
+    use_masks = cfg.mim or cfg.align
+    masks = MaskGenerator(pre.image_size, model.patch_size, square, cfg.mask_ratio) if use_masks else None
+    views.strong_view = lambda p: strong_view(a, p)
+    model.decoder.requires_grad_(cfg.mim)
+    model.ln_patch.requires_grad_(use_masks)
+    model.mask_token.requires_grad_(use_masks)
+    model.classifier.requires_grad_(not a.freeze_cls)
+    teacher = copy.deepcopy(model).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.layer_decay), lr=a.lr)
+    sampler = views.EpochSampler(len(pool), cfg.seed)
+    loader = DataLoader(views.TrainViews(pool, pre, masks, cfg.seed), batch_size=a.bs, sampler=sampler,
+                        num_workers=1, drop_last=True, persistent_workers=True)
+    steps_per_epoch = len(pool) // a.bs
+    total = steps_per_epoch * a.epochs
+
+    def accuracy(m: torch.nn.Module) -> float:
+        preds = predict_labels(m, test, pre, torch.device("cpu"), batch_size=500, workers=0)
+        m.train()
+        return round(float((preds == truth).float().mean()) * 100, 1)
+
+    zero_shot = accuracy(model)
+    print(a.name, "zs", zero_shot, flush=True)
+    rows: list[tuple] = []
+    start = time.time()
+
+    def on_step(st: TrainState, m: torch.Tensor, h: torch.Tensor, lr: float) -> bool:
+        if st.step % a.eval_every == 0 or st.step == total:
+            n = m[-1].item()
+            row = (st.step, accuracy(teacher), accuracy(model), round(m[5].item() / n, 2), round(m[6].item() / n, 2))
+            rows.append(row)
+            print(a.name, row, round(time.time() - start), flush=True)
+        return False
+
+    state = TrainState()
+    for epoch in range(a.epochs):
+        sampler.set_epoch(epoch)
+        train_epoch(model, teacher, optimizer, itertools.islice(loader, steps_per_epoch), cfg, state, total,
+                    a.lr, a.lr * 0.04, torch.device("cpu"), contextlib.nullcontext, on_step)
+    print("RESULT", a.name, json.dumps({"zs": zero_shot, "hist": rows, "args": vars(a)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
