@@ -39,8 +39,8 @@ def test_paper_presets_match_the_table(name):
 
 def test_every_shipped_preset_loads_and_validates():
     names = preset_names()
-    assert {"small-dataset", "medium-dataset", "large-dataset", "hard-domain", "caltech101-b16"} <= set(names)
-    assert len(names) == 18
+    assert {"small-dataset", "medium-dataset", "large-dataset", "hard-domain", "tiny-images", "caltech101-b16"} <= set(names)
+    assert len(names) == 19  # 14 paper rows + 5 situation presets
     for name in names:
         data = load_preset(name)
         assert "meta" not in data and data, name

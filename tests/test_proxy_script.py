@@ -22,7 +22,7 @@ def test_defaults_and_sizes():
     assert proxy.sizes_of(args) == {"pool": None, "test": None, "shift": None}
     assert proxy.device_args(args) == ["--device", "cpu", "--workers", "1"]
     quick = proxy.parse_args(["--quick", "--epochs", "2", "--adapt-args", "--lr 1e-4 --no-guard"])
-    assert quick.json.name == "proxy-quick.json" and proxy.sizes_of(quick)["pool"] == 5000
+    assert quick.json.name == "proxy-quick.json" and proxy.sizes_of(quick)["pool"] == 2000
     assert proxy.hyper_args(quick) == ["--preset", "tiny-images", "--lr", "1e-4", "--no-guard", "--epochs", "2"]
     small = proxy.parse_args(["--limit", "200", "--quick", "--preset", "", "--device", "cuda"])
     assert small.size == "limit200" and set(proxy.sizes_of(small).values()) == {200}
