@@ -6,6 +6,7 @@ owns the run's side effects: the output folder, progress, signals, resume.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import itertools
@@ -74,8 +75,6 @@ def autocast_for(device: torch.device, precision: str):
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     if use_bf16:
         return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    import contextlib
-
     return contextlib.nullcontext
 
 
@@ -361,8 +360,8 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
                  f"{d.world} process(es) x batch {batch} x accum {cfg.accum_steps} = {global_batch}, "
                  f"lr {peak_lr:.2e}, {total_steps} steps on {device}, output {out}")
     zs_pool = None
+    guard_paths = paths[:: max(1, len(paths) // GUARD_SAMPLE)]
     if cfg.guard and d.is_main:
-        guard_paths = paths[:: max(1, len(paths) // GUARD_SAMPLE)]
         zs_pool = predict_labels(zero_shot, guard_paths, pre, device, workers=workers, autocast=autocast)
     if eval_set and d.is_main and state.step == 0:
         res = evaluate_models({"zero_shot": zero_shot}, *eval_set, classnames, pre, device, autocast, workers)
@@ -445,7 +444,7 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
     final: MustModel = teacher
     guard_note = None
     if cfg.guard and d.is_main:
-        final, guard_note = _guard(teacher, zero_shot, zs_pool, paths[:: max(1, len(paths) // GUARD_SAMPLE)],
+        final, guard_note = _guard(teacher, zero_shot, zs_pool, guard_paths,
                                    pre, device, autocast, workers, rep)
     if d.is_main:
         meta = {
