@@ -40,7 +40,7 @@ from must_cli.errors import MustError
 from must_cli.evaluate import accuracy_report, labeled_images, predict_labels
 from must_cli.images import display_name, scan_images
 from must_cli.masking import MaskGenerator, resolve_mask_patch_size
-from must_cli.model import MustModel, Preprocess, build_must_model, vision_config
+from must_cli.model import MustModel, build_must_model, vision_config
 from must_cli.progress import Reporter, SilentReporter
 from must_cli.views import EpochSampler, TrainViews
 
@@ -294,8 +294,8 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
                  f"{pre.image_size}-px model (same fraction of the image)")
     use_masks = cfg.mim or cfg.align
     masks = MaskGenerator(pre.image_size, model.patch_size, mask_size, cfg.mask_ratio) if use_masks else None
-    for module, used in ((model.decoder, cfg.mim), (model.ln_patch, use_masks), ):
-        module.requires_grad_(used)
+    model.decoder.requires_grad_(cfg.mim)  # frozen heads stay out of the optimiser and of DDP's reducer
+    model.ln_patch.requires_grad_(use_masks)
     model.mask_token.requires_grad_(use_masks)
 
     per_rank = len(paths) // d.world

@@ -15,7 +15,6 @@ from typing import Any, Callable, Iterable
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from must_cli.config import MustConfig

@@ -11,11 +11,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from must_cli.checkpoint import load_model, preprocess_of, read_metadata
-from must_cli.classnames import IMAGENET_TEMPLATES, read_class_file, read_templates
+from must_cli.classnames import read_class_file
 from must_cli.config import MustConfig
 from must_cli.errors import MustError
 from must_cli.images import display_name, scan_images
-from must_cli.model import MustModel, Preprocess, build_must_model
+from must_cli.model import MustModel, Preprocess, build_zero_shot
 from must_cli.views import FolderImages
 
 
@@ -135,10 +135,9 @@ def eval_classnames(req: EvalRequest) -> list[str]:
 def load_for_eval(req: EvalRequest, classnames: list[str], device: torch.device) -> tuple[MustModel, Preprocess, str]:
     """(model, preprocessing, a description of the model) for either kind of request."""
     if req.zero_shot:
+        model, pre = build_zero_shot(req.model, req.pretrained, classnames, req.templates, device)
         defaults = MustConfig()
         spec, tag = req.model or defaults.model, req.pretrained or defaults.pretrained
-        templates = read_templates(req.templates) if req.templates else list(IMAGENET_TEMPLATES)
-        model, pre = build_must_model(spec, tag, classnames, templates, device)
         local = spec.startswith(("local-dir:", "hf-hub:"))
         return model, pre, f"zero-shot {spec}" + ("" if local else f" ({tag})")
     path = Path(req.model or "runs/latest")

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from open_clip.transformer import QuickGELU, VisionTransformer
 from torch import nn
 
-from must_cli.classnames import fill_templates
+from must_cli.classnames import IMAGENET_TEMPLATES, fill_templates, read_templates
+from must_cli.config import MustConfig
 from must_cli.errors import MustError
 
 
@@ -213,6 +214,18 @@ def build_must_model(
     preprocess = Preprocess.from_open_clip(visual)
     del clip
     return MustModel(visual, classifier, scale), preprocess
+
+
+def build_zero_shot(
+    model: str | None, pretrained: str | None, classnames: Sequence[str], templates_file: Path | None,
+    device: torch.device,
+) -> tuple[MustModel, Preprocess]:
+    """Plain CLIP as a MustModel (for `--zero-shot` comparisons), with adapt's default model, tag and prompts."""
+    defaults = MustConfig()
+    templates = read_templates(templates_file) if templates_file else list(IMAGENET_TEMPLATES)
+    built, pre = build_must_model(model or defaults.model, pretrained or defaults.pretrained, classnames, templates,
+                                  device)
+    return built.eval(), pre
 
 
 def vision_config(model: str, visual: nn.Module) -> dict[str, Any]:

@@ -24,12 +24,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from must_cli.adapt import autocast_for, default_workers, pick_device
 from must_cli.checkpoint import atomic_write, load_model, preprocess_of
-from must_cli.classnames import IMAGENET_TEMPLATES, read_class_file, read_templates
-from must_cli.config import MustConfig
+from must_cli.classnames import read_class_file
 from must_cli.errors import MustError
 from must_cli.evaluate import iter_probs
 from must_cli.images import ImageReadError, display_name, load_rgb, scan_images
-from must_cli.model import MustModel, Preprocess, build_must_model
+from must_cli.model import MustModel, Preprocess, build_zero_shot
 from must_cli.progress import Reporter
 
 OUTPUT_FORMATS = (".csv", ".jsonl")
@@ -234,12 +233,9 @@ def _validate(req: PredictRequest) -> None:
 def _load(req: PredictRequest, device: torch.device) -> tuple[MustModel, list[str], Preprocess]:
     """The adapted model from its file alone, or plain CLIP with a text-built head for --zero-shot."""
     if req.zero_shot:
-        defaults = MustConfig()
         classnames = read_class_file(req.classes)
-        templates = read_templates(req.templates) if req.templates else list(IMAGENET_TEMPLATES)
-        model, pre = build_must_model(req.model or defaults.model, req.pretrained or defaults.pretrained,
-                                      classnames, templates, device)
-        return model.eval(), classnames, pre
+        model, pre = build_zero_shot(req.model, req.pretrained, classnames, req.templates, device)
+        return model, classnames, pre
     model, meta = load_model(Path(req.model or "runs/latest"))
     return model, list(meta["classnames"]), preprocess_of(meta)
 

@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 import torch
 from safetensors import safe_open
 from typer.testing import CliRunner
