@@ -1,7 +1,7 @@
 """The single source of truth for every hyperparameter.
 
 A run's configuration is built in layers: the defaults below, then a preset from
-``presets/*.toml``, then the user's ``--config FILE.toml``, then command-line flags.
+``must_cli/presets/*.toml``, then the user's ``--config FILE.toml``, then command-line flags.
 The resolved object is written as ``config.toml`` next to every model.
 """
 
