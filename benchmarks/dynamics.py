@@ -4,8 +4,10 @@ Used to find out why adaptation does not reach the issue's gain targets on the 3
 models (docs/benchmarks.md, "What we found"). It drives the real engine (must_step,
 train_epoch, EMA) in-process and evaluates teacher and student on labeled images every
 --eval-every optimiser steps, which `must adapt --eval-dir` only does once per epoch.
---mag/--scale replace the strong view's RandAugment magnitude and crop scale (0 = no
-RandAugment), --freeze-cls freezes the text-built classifier, --cfg sets MustConfig fields.
+The views come from MustConfig like `must adapt`'s: set them with --cfg (e.g.
+'{"randaugment": "rand-n2-m5-mstd0.5-inc1", "strong_crop_min": 0.5}', "randaugment": "" for
+none; "low_res_max_size": 0 for the paper's view at 32 px); --freeze-cls freezes the text-built
+classifier.
 
     python benchmarks/dynamics.py --model SHARED/models/cifar10-tinyclip --pool POOL \\
         --test TEST_BY_CLASS --lr 2.5e-5 --epochs 8 --eval-every 30 --cfg '{"mim": false, "align": false}'
@@ -25,9 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from timm.data.auto_augment import rand_augment_transform
 from torch.utils.data import DataLoader
-from torchvision import transforms as T
 
 from must_cli import views
 from must_cli.config import MustConfig
@@ -35,7 +35,7 @@ from must_cli.engine import TrainState, param_groups, train_epoch
 from must_cli.evaluate import predict_labels
 from must_cli.images import discover_images
 from must_cli.masking import MaskGenerator, resolve_mask_patch_size
-from must_cli.model import Preprocess, build_must_model
+from must_cli.model import build_must_model
 
 
 def parse_args() -> argparse.Namespace:
@@ -49,23 +49,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--bs", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2.5e-5, help="peak lr (absolute, not per 256)")
     ap.add_argument("--eval-every", type=int, default=15)
-    ap.add_argument("--mag", type=float, default=9, help="RandAugment magnitude of the strong view (0: none)")
-    ap.add_argument("--scale", type=float, default=0.3, help="RandomResizedCrop minimum area of the strong view")
     ap.add_argument("--freeze-cls", action="store_true", help="keep the text-built classifier fixed")
     ap.add_argument("--name", default="run")
     ap.add_argument("--cfg", default="{}", help="JSON object of MustConfig fields")
     return ap.parse_args()
-
-
-def strong_view(a: argparse.Namespace, pre: Preprocess) -> T.Compose:
-    """The paper's strong view with the magnitude and crop scale under test."""
-    hp = {"translate_const": int(pre.image_size * 0.45), "img_mean": tuple(round(255 * m) for m in pre.mean),
-          "magnitude_max": 9.99}
-    ops = [T.RandomResizedCrop(pre.image_size, scale=(a.scale, 1.0), interpolation=T.InterpolationMode.BICUBIC),
-           T.RandomHorizontalFlip()]
-    if a.mag > 0:
-        ops.append(rand_augment_transform(f"rand-n2-m{a.mag:g}-mstd0.5-inc1", hp))
-    return T.Compose(ops + [T.ToTensor(), T.Normalize(pre.mean, pre.std)])
 
 
 def main() -> None:
@@ -89,7 +76,6 @@ def main() -> None:
     square = resolve_mask_patch_size(cfg.mask_patch_size, pre.image_size, model.patch_size)
     use_masks = cfg.mim or cfg.align
     masks = MaskGenerator(pre.image_size, model.patch_size, square, cfg.mask_ratio) if use_masks else None
-    views.strong_view = lambda p: strong_view(a, p)
     model.decoder.requires_grad_(cfg.mim)
     model.ln_patch.requires_grad_(use_masks)
     model.mask_token.requires_grad_(use_masks)
@@ -97,7 +83,7 @@ def main() -> None:
     teacher = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.layer_decay), lr=a.lr)
     sampler = views.EpochSampler(len(pool), cfg.seed)
-    loader = DataLoader(views.TrainViews(pool, pre, masks, cfg.seed), batch_size=a.bs, sampler=sampler,
+    loader = DataLoader(views.TrainViews(pool, pre, masks, cfg), batch_size=a.bs, sampler=sampler,
                         num_workers=1, drop_last=True, persistent_workers=True)
     steps_per_epoch = len(pool) // a.bs
     total = steps_per_epoch * a.epochs

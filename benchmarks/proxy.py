@@ -1,13 +1,17 @@
 """Proxy benchmark: does MUST beat zero-shot, and does each part help, on stand-in CLIPs?
 
 Real CLIP weights and the paper's datasets cannot be downloaded here, so the tool is measured
-on two tiny CIFAR-10 CLIPs (``<shared>/models``) and CIFAR-10 (``<shared>/data``), through
-the real command line (``must adapt`` / ``must eval`` as subprocesses), in two settings:
+on a stand-in CLIP with real CLIP's headroom (``benchmarks/models/cifar10-standin``, built by
+benchmarks/make_standin.py from the CIFAR-10 train split) and CIFAR-10 (``<shared>/data``),
+through the real command line (``must adapt`` / ``must eval`` as subprocesses), in two settings:
 
-* ``indomain``: ``cifar10-tinyclip`` adapted on its unlabeled pool (train files 500 onward of
-  each class, flattened so the class never shows in a path), evaluated on the clean test split;
-* ``shift`` (paper Table 9): ``cifar10-tinyclip-full`` adapted transductively on corrupted test
-  images (severity 5, made with benchmarks/corruptions.py), evaluated on the same images.
+* ``indomain``: adapted on its unlabeled pool (train files it never saw, ``proxy_info.pool_files``,
+  flattened so the class never shows in a path), evaluated on the clean test split;
+* ``shift`` (paper Table 9): adapted transductively on corrupted test images (severity 5, made
+  with benchmarks/corruptions.py), evaluated on the same images.
+
+``--validation`` replaces the test split by train files the stand-in never saw and that are not
+in the pool (``proxy_info.val_files``): hyperparameters are chosen there, never on test labels.
 
 Every variant uses the same hyperparameters (``--preset``, ``--epochs``, ``--adapt-args``):
 nothing is tuned per setting on test labels. Each finished run leaves a ``result.json`` in
@@ -44,11 +48,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corruptions import CORRUPTIONS, corrupt_folder  # noqa: E402  (sibling script, not a package)
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = {"indomain": "cifar10-tinyclip", "shift": "cifar10-tinyclip-full"}
+MODELS = {"indomain": REPO / "benchmarks" / "models" / "cifar10-standin",
+          "shift": REPO / "benchmarks" / "models" / "cifar10-standin"}
 SETTINGS = tuple(MODELS)
 SHIFT_CORRUPTIONS = ("gaussian_noise", "defocus_blur", "contrast", "jpeg_compression", "pixelate")
 SEVERITY = 5
-POOL_SKIP = 500  # train files [0:500) of each class pretrained cifar10-tinyclip: never adapt on them
 VARIANT_FLAGS: dict[str, list[str]] = {
     "zero-shot": [], "st": ["--no-mim", "--no-align"], "st_mim": ["--no-align"], "must": [],
     "st_nofair": ["--no-mim", "--no-align", "--no-fairness"],
@@ -56,7 +60,7 @@ VARIANT_FLAGS: dict[str, list[str]] = {
 VARIANT_TITLES = {"zero-shot": "zero-shot", "st": "ST", "st_mim": "ST+MIM", "must": "MUST",
                   "st_nofair": "ST w/o fairness"}
 SIZES: dict[str, dict[str, int | None]] = {  # images per setting; None: all of them
-    "quick": {"pool": 2000, "test": 2000, "shift": 2000},
+    "quick": {"pool": 1000, "test": 1000, "shift": 1000},
     "full": {"pool": None, "test": None, "shift": None},
 }
 METRICS = {"top1": "Top-1 accuracy", "mean_per_class": "Mean per-class accuracy"}
@@ -91,7 +95,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="folder with models/ and data/")
     p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "_work", help="data, runs and per-run results")
-    p.add_argument("--quick", action="store_true", help="subsampled sizes for a 2-core CPU (about an hour)")
+    p.add_argument("--quick", action="store_true", help="subsampled sizes for a 2-core CPU")
+    p.add_argument("--validation", action="store_true", help="evaluate on unseen train files, not the test split")
     p.add_argument("--limit", type=int, help="at most N images per image set (smoke tests)")
     p.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
     p.add_argument("--corruptions", nargs="+", choices=sorted(CORRUPTIONS), default=list(SHIFT_CORRUPTIONS))
@@ -107,12 +112,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.limit is not None and args.limit < 20:
         p.error("--limit must be at least 20 (2 images per class)")
     args.size = f"limit{args.limit}" if args.limit else "quick" if args.quick else "full"
+    args.size += "-validation" if args.validation else ""
     args.json = args.json or REPO / "benchmarks" / "results" / f"proxy-{args.size}.json"
     return args
 
 
 def sizes_of(args: argparse.Namespace) -> dict[str, int | None]:
     return {k: args.limit for k in SIZES["full"]} if args.limit else SIZES["quick" if args.quick else "full"]
+
+
+def proxy_info(setting: str) -> dict:
+    return json.loads((MODELS[setting] / "open_clip_config.json").read_text())["proxy_info"]
+
+
+def eval_files(cifar: Path, args: argparse.Namespace, setting: str, total: int | None) -> list[Path]:
+    """The labeled images of a setting: the test split, or with --validation the stand-in's unseen train files."""
+    if not args.validation:
+        return balanced_subset(cifar / "test", total)
+    start, end = proxy_info(setting)["val_files"]
+    total = (end - start) * 10 if total is None else total
+    return balanced_subset(cifar / "train", min(total, (end - start) * 10), skip=start)
 
 
 def hyper_args(args: argparse.Namespace) -> list[str]:
@@ -184,11 +203,10 @@ def extract_cifar(shared: Path, work: Path) -> Path:
     return materialize(work / "cifar10-jpeg", build) / "cifar10"
 
 
-def model_inputs(shared: Path, work: Path, setting: str) -> tuple[str, Path, Path]:
+def model_inputs(work: Path, setting: str) -> tuple[str, Path, Path]:
     """(local-dir spec, classes file, templates file) from the model's proxy_info."""
-    folder = shared / "models" / MODELS[setting]
-    info = json.loads((folder / "open_clip_config.json").read_text())["proxy_info"]
-    out = work / "prompts" / MODELS[setting]
+    folder, info = MODELS[setting], proxy_info(setting)
+    out = work / "prompts" / folder.name
     out.mkdir(parents=True, exist_ok=True)
     (out / "classes.txt").write_text("\n".join(info["classes"]) + "\n")
     (out / "templates.txt").write_text("\n".join(info["templates"]) + "\n")
@@ -201,15 +219,16 @@ def prepare(args: argparse.Namespace) -> dict[tuple[str, str | None], Inputs]:
     data, sizes = args.work / "data" / args.size, sizes_of(args)
     inputs: dict[tuple[str, str | None], Inputs] = {}
     if "indomain" in args.settings:
-        pool = balanced_subset(cifar / "train", sizes["pool"], skip=POOL_SKIP)
-        test = balanced_subset(cifar / "test", sizes["test"])
+        start, end = proxy_info("indomain")["pool_files"]
+        pool = balanced_subset(cifar / "train", sizes["pool"] or (end - start) * 10, skip=start)
+        test = eval_files(cifar, args, "indomain", sizes["test"])
         inputs["indomain", None] = Inputs(
-            *model_inputs(args.shared, args.work, "indomain"),
+            *model_inputs(args.work, "indomain"),
             unlabeled=materialize(data / "indomain" / "pool", lambda d: link_flat(pool, d)),
             labeled=materialize(data / "indomain" / "test", lambda d: link_labeled(test, d)),
         )
     if "shift" in args.settings:
-        clean = balanced_subset(cifar / "test", sizes["shift"])
+        clean = eval_files(cifar, args, "shift", sizes["shift"])
         clean_dir = materialize(data / "shift" / "clean", lambda d: link_labeled(clean, d))
 
         def corrupt(dst: Path, corruption: str) -> None:
@@ -220,7 +239,7 @@ def prepare(args: argparse.Namespace) -> dict[tuple[str, str | None], Inputs]:
             labeled = materialize(data / "shift" / c / "labeled", lambda d, c=c: corrupt(d, c))
             corrupted = sorted(p for p in labeled.glob("*/*") if p.is_file())
             inputs["shift", c] = Inputs(
-                *model_inputs(args.shared, args.work, "shift"), labeled=labeled,
+                *model_inputs(args.work, "shift"), labeled=labeled,
                 unlabeled=materialize(data / "shift" / c / "flat", lambda d, f=corrupted: link_flat(f, d)),
             )
     return inputs

@@ -337,7 +337,7 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
     sampler = EpochSampler(len(paths), cfg.seed, d.rank, d.world)
     cache = ResizedCache(Path(cfg.cache_dir) if cfg.cache_dir else out / "cache", pre.image_size) if cfg.cache else None
     loader = DataLoader(  # workers x 2 batches in flight: enough to absorb slow images, bounded shared memory
-        TrainViews(paths, pre, masks, cfg.seed, cache), batch_size=batch, sampler=sampler, num_workers=workers,
+        TrainViews(paths, pre, masks, cfg, cache), batch_size=batch, sampler=sampler, num_workers=workers,
         drop_last=True, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
         prefetch_factor=2 if workers > 0 else None,
     )

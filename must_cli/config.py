@@ -56,6 +56,18 @@ class MustConfig(BaseModel):
     mask_patch_size: int = Field(32, ge=1, description="side of a mask square in pixels at 224-px input (rescaled for other sizes)")
     fair_running_classes: int = Field(512, ge=2, description="classes from which p_bar becomes a running average")
 
+    # Augmentation (views.py). Paper: weak = Resize + RandomCrop; strong = RandomResizedCrop(0.3-1)
+    # + flip + RandAugment. Low-resolution rule: inputs of at most low_res_max_size px replace the
+    # strong view's crop by FixMatch's CIFAR recipe (translate, Cutout), keeping flip and RandAugment.
+    weak_translate: float = Field(0.0, ge=0, lt=0.5, description="weak view: random shift up to this fraction of the side (reflect padding; paper 0)")
+    weak_flip: bool = Field(False, description="weak view: random horizontal flip (paper: no)")
+    strong_crop_min: float = Field(0.3, gt=0, le=1, description="strong view: smallest RandomResizedCrop area (paper 0.3)")
+    strong_crop_max: float = Field(1.0, gt=0, le=1, description="strong view: largest RandomResizedCrop area (paper 1)")
+    randaugment: str = Field("rand-n2-m9-mstd0.5-inc1", description="strong view: timm RandAugment spec ('' for none)")
+    low_res_max_size: int = Field(64, ge=0, description="inputs of at most this side (px) use the low-resolution strong view (0: never)")
+    low_res_translate: float = Field(0.125, ge=0, lt=0.5, description="low-resolution strong view: shift up to this fraction of the side (FixMatch 0.125)")
+    low_res_cutout: float = Field(0.5, ge=0, le=1, description="low-resolution strong view: Cutout side up to this fraction of the side (FixMatch 0.5)")
+
     # Safety net
     guard: bool = Field(True, description="keep the zero-shot classifier if the adapted model collapses (label-free check)")
 

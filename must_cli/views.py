@@ -1,4 +1,6 @@
-"""The three views of an image (weak for the teacher, strong+masked for the student, test) and their datasets.
+"""The three views of an image (weak for the teacher, strong+masked for the student, eval) and their datasets.
+
+Their recipes are MustConfig fields (the "Augmentation" block), so presets can state them.
 
 Every random choice for a sample (crop, flip, RandAugment ops, mask) is seeded from
 (run seed, epoch, image index), so a resumed or multi-process run sees exactly the
@@ -15,12 +17,14 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from timm.data.auto_augment import rand_augment_transform
 from torch.utils.data import Dataset, Sampler
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
 from must_cli.cache import ResizedCache
+from must_cli.config import MustConfig
 from must_cli.images import ImageReadError, load_rgb
 from must_cli.masking import MaskGenerator
 from must_cli.model import Preprocess
@@ -34,34 +38,68 @@ def _to_tensor(pre: Preprocess) -> list[Callable]:
     return [T.ToTensor(), T.Normalize(pre.mean, pre.std)]
 
 
-def test_view(pre: Preprocess) -> T.Compose:
+def eval_view(pre: Preprocess) -> T.Compose:
     """Resize the shorter side to the input size, centre crop: CLIP's evaluation transform."""
     interp = _interp(pre.interpolation)
     return T.Compose([T.Resize(pre.image_size, interp), T.CenterCrop(pre.image_size), *_to_tensor(pre)])
 
 
-def weak_view(pre: Preprocess) -> T.Compose:
-    """Teacher input: Resize + RandomCrop, close to the test view so pseudo-labels stay reliable."""
-    interp = _interp(pre.interpolation)
-    return T.Compose([T.Resize(pre.image_size, interp), T.RandomCrop(pre.image_size), *_to_tensor(pre)])
+def _translate(pre: Preprocess, fraction: float) -> list[Callable]:
+    """Resize + crop to the input size, shifted by up to ``fraction`` of the side (reflect padding)."""
+    interp, size = _interp(pre.interpolation), pre.image_size
+    pad = round(fraction * size)
+    return [T.Resize(size, interp), T.RandomCrop(size, padding=pad or None, padding_mode="reflect")]
 
 
-def strong_view(pre: Preprocess) -> T.Compose:
-    """Student input: RandomResizedCrop(0.3-1) + flip + RandAugment(2 ops, m9, mstd 0.5, increasing)."""
+def weak_view(pre: Preprocess, cfg: MustConfig) -> T.Compose:
+    """Teacher input: the paper's Resize + RandomCrop, close to the test view so pseudo-labels stay reliable."""
+    flip = [T.RandomHorizontalFlip()] if cfg.weak_flip else []
+    return T.Compose([*_translate(pre, cfg.weak_translate), *flip, *_to_tensor(pre)])
+
+
+def is_low_res(pre: Preprocess, cfg: MustConfig) -> bool:
+    """Whether the low-resolution strong view applies (input side at most ``low_res_max_size``)."""
+    return pre.image_size <= cfg.low_res_max_size
+
+
+class Cutout:
+    """FixMatch's Cutout: one square of side uniform in [0, ``max_fraction``] x the image side, mean colour."""
+
+    def __init__(self, max_fraction: float, fill: tuple[int, int, int]):
+        self.max_fraction, self.fill = max_fraction, fill
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        side = int(random.uniform(0, self.max_fraction) * min(image.size))
+        if side < 1:
+            return image
+        x, y = random.randrange(image.width), random.randrange(image.height)
+        box = (max(0, x - side // 2), max(0, y - side // 2), min(image.width, x + side - side // 2),
+               min(image.height, y + side - side // 2))
+        image = image.copy()
+        image.paste(self.fill, box)
+        return image
+
+
+def strong_view(pre: Preprocess, cfg: MustConfig) -> T.Compose:
+    """Student input. The paper's: RandomResizedCrop + flip + RandAugment. At low resolution (the
+    rule in ``MustConfig.low_res_*``), FixMatch's CIFAR recipe: flip + translate + RandAugment +
+    Cutout, because a 0.3-area crop of a 32-px image keeps ~17 px and upsamples the rest away."""
     interp = _interp(pre.interpolation)
+    mean = tuple(round(255 * m) for m in pre.mean)
     hparams = {
         "translate_const": int(pre.image_size * 0.45),
-        "img_mean": tuple(round(255 * m) for m in pre.mean),
+        "img_mean": mean,
         # At magnitude 10 timm's increasing posterize keeps 0 bits, which Pillow >= 10 rejects;
         # 9.99 keeps 1 bit there and leaves every other op unchanged.
         "magnitude_max": 9.99,
     }
-    return T.Compose([
-        T.RandomResizedCrop(pre.image_size, scale=(0.3, 1.0), interpolation=interp),
-        T.RandomHorizontalFlip(),
-        rand_augment_transform("rand-n2-m9-mstd0.5-inc1", hparams),
-        *_to_tensor(pre),
-    ])
+    randaugment = [rand_augment_transform(cfg.randaugment, hparams)] if cfg.randaugment else []
+    if is_low_res(pre, cfg):
+        return T.Compose([*_translate(pre, cfg.low_res_translate), T.RandomHorizontalFlip(), *randaugment,
+                          Cutout(cfg.low_res_cutout, mean), *_to_tensor(pre)])
+    scale = (cfg.strong_crop_min, cfg.strong_crop_max)
+    return T.Compose([T.RandomResizedCrop(pre.image_size, scale=scale, interpolation=interp),
+                      T.RandomHorizontalFlip(), *randaugment, *_to_tensor(pre)])
 
 
 def sample_seed(*parts: int) -> int:
@@ -121,11 +159,11 @@ class TrainViews(Dataset):
     With a ``cache``, large photos are read from their resized copy after the first epoch.
     """
 
-    def __init__(self, paths: Sequence[Path], pre: Preprocess, masks: MaskGenerator | None, seed: int,
+    def __init__(self, paths: Sequence[Path], pre: Preprocess, masks: MaskGenerator | None, cfg: MustConfig,
                  cache: ResizedCache | None = None):
-        self.paths, self.masks, self.seed = list(paths), masks, seed
+        self.paths, self.masks, self.seed = list(paths), masks, cfg.seed
         self.load = cache.load if cache is not None else load_rgb
-        self.weak, self.strong = weak_view(pre), strong_view(pre)
+        self.weak, self.strong = weak_view(pre, cfg), strong_view(pre, cfg)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -155,7 +193,7 @@ class FolderImages(Dataset):
     """Test-view images for zero-shot checks, evaluation and prediction; never holds all images."""
 
     def __init__(self, paths: Sequence[Path], pre: Preprocess):
-        self.paths, self.view = list(paths), test_view(pre)
+        self.paths, self.view = list(paths), eval_view(pre)
         self.size = pre.image_size
 
     def __len__(self) -> int:

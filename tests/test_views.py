@@ -1,21 +1,24 @@
 """Views are well-formed and deterministic per (seed, epoch, index); the sampler shards like DistributedSampler."""
 
-import torch
+import random
 
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from must_cli.config import MustConfig
 from must_cli.masking import MaskGenerator
 from must_cli.model import Preprocess
-from must_cli.views import EpochSampler, TrainViews, strong_view
-from must_cli.views import test_view as center_view
+from must_cli.views import Cutout, EpochSampler, TrainViews, eval_view, is_low_res, strong_view, weak_view
 
 PRE = Preprocess(32, (0.48, 0.46, 0.41), (0.27, 0.26, 0.28))
 
 
 def test_strong_view_survives_every_randaugment_op(unlabeled_images):
     """RandAugment magnitudes near the top once crashed Pillow's posterize (0 bits)."""
-    from PIL import Image
-
     image = Image.open(next(unlabeled_images.iterdir())).convert("RGB")
-    view = strong_view(PRE)
+    view = strong_view(PRE, MustConfig())
     for seed in range(400):
         torch.manual_seed(seed)
         out = view(image)
@@ -24,14 +27,14 @@ def test_strong_view_survives_every_randaugment_op(unlabeled_images):
 
 def test_train_views_are_deterministic_per_seed_epoch_index(unlabeled_images):
     paths = sorted(unlabeled_images.iterdir())
-    ds = TrainViews(paths, PRE, MaskGenerator(32, 8, 8, 0.5), seed=3)
+    ds = TrainViews(paths, PRE, MaskGenerator(32, 8, 8, 0.5), MustConfig(seed=3))
     a, b = ds[(2, 0)], ds[(2, 0)]
     for key in ("weak", "strong", "mask"):
         assert torch.equal(a[key], b[key])
     c = ds[(2, 1)]
     assert not torch.equal(a["strong"], c["strong"])  # a new epoch draws new augmentations
     assert a["mask"].sum() == 8 and a["bad"] == -1
-    assert center_view(PRE)(__import__("PIL.Image", fromlist=["Image"]).open(paths[0])).shape == (3, 32, 32)
+    assert eval_view(PRE)(Image.open(paths[0])).shape == (3, 32, 32)
 
 
 def test_sampler_shards_one_permutation_and_resumes_mid_epoch():
@@ -45,3 +48,29 @@ def test_sampler_shards_one_permutation_and_resumes_mid_epoch():
     assert [i for i, _ in s] == full[4:] and len(s) == 6
     s.set_epoch(1)
     assert [i for i, _ in s] != full and all(e == 1 for _, e in s)
+
+
+def test_low_resolution_rule_swaps_the_crop_for_translate_and_cutout():
+    """At <= low_res_max_size px: no 0.3-area crop; at 224 px (or with the rule off) the paper's view."""
+    big = Preprocess(224, PRE.mean, PRE.std)
+    assert is_low_res(PRE, MustConfig()) and not is_low_res(big, MustConfig())
+    assert not is_low_res(PRE, MustConfig(low_res_max_size=0))
+    kinds = lambda view: [type(t).__name__ for t in view.transforms]  # noqa: E731
+    low = kinds(strong_view(PRE, MustConfig()))
+    assert "RandomResizedCrop" not in low and {"RandomCrop", "Cutout", "RandomHorizontalFlip"} <= set(low)
+    paper = strong_view(big, MustConfig(strong_crop_min=0.5))
+    assert paper.transforms[0].scale == (0.5, 1.0) and "Cutout" not in kinds(paper)
+    assert "RandAugment" not in kinds(strong_view(big, MustConfig(randaugment="")))
+
+
+def test_cutout_paints_one_mean_coloured_square_and_translate_shifts():
+    image = Image.new("RGB", (32, 32), (255, 255, 255))
+    random.seed(1)
+    out = np.asarray(Cutout(0.5, (10, 20, 30))(image)).reshape(-1, 3)
+    painted = (out == (10, 20, 30)).all(1)
+    assert 0 < painted.sum() <= 16 * 16 and (painted | (out == 255).all(1)).all()
+    ramp = Image.fromarray(np.tile(np.arange(32, dtype=np.uint8) * 8, (32, 1))).convert("RGB")
+    shifted = [weak_view(PRE, MustConfig(weak_translate=0.125))(ramp) for _ in range(20)]
+    assert any(not torch.equal(shifted[0], v) for v in shifted)
+    assert torch.equal(weak_view(PRE, MustConfig())(ramp), eval_view(PRE)(ramp))
+    assert isinstance(weak_view(PRE, MustConfig(weak_flip=True)).transforms[2], T.RandomHorizontalFlip)
