@@ -189,11 +189,22 @@ def zero_shot(model: open_clip.CLIP, tokenizer, feats: torch.Tensor, labels: np.
     return float(((feats @ text.T).argmax(1).cpu().numpy() == labels).mean())
 
 
-def fresh_text_tower(model: open_clip.CLIP, scratch: Path) -> None:
-    """Random text tower and logit scale: the text side learns only from the small captioned slice."""
-    fresh = open_clip.create_model("local-dir:" + str(_config_only(scratch))).state_dict()
-    model.load_state_dict({k: fresh[k] if not k.startswith("visual.") else v
-                           for k, v in model.state_dict().items()})
+def build(args: argparse.Namespace, device: torch.device) -> tuple[open_clip.CLIP, object, torch.Tensor]:
+    """A random CLIP of this architecture (random text tower: the text side learns only from the small
+    captioned slice), with --init's image tower; the class vectors start from --init's own zero-shot
+    head (its image space) when there is one, else random."""
+    MODEL_CFG["text_cfg"]["context_length"] = args.context_length
+    scratch = args.out.parent / f".{args.out.name}-config"
+    scratch.mkdir(parents=True, exist_ok=True)
+    (scratch / "open_clip_config.json").write_text(json.dumps({"model_cfg": MODEL_CFG,
+                                                               "preprocess_cfg": PREPROCESS_CFG}))
+    model = open_clip.create_model(f"local-dir:{scratch}").to(device)
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{scratch}")
+    if not args.init:
+        return model, tokenizer, torch.randn(len(CLASSES), MODEL_CFG["embed_dim"])
+    init = open_clip.create_model(args.init).to(device)
+    model.visual.load_state_dict(init.visual.state_dict())
+    return model, tokenizer, class_embeddings(init, open_clip.get_tokenizer(args.init), device)
 
 
 def save(model: open_clip.CLIP, out: Path, info: dict) -> None:
@@ -208,15 +219,16 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cifar", type=Path, default=Path("/work/data/cifar10"), help="folder with train/<class>/*.jpg")
     p.add_argument("--out", type=Path, required=True, help="output model folder")
-    p.add_argument("--init", help="local-dir:PATH of a CLIP with this architecture to start from (default: random)")
+    p.add_argument("--init", help="local-dir:PATH of a CLIP whose image tower (this architecture) to start from")
     p.add_argument("--image-files", type=file_range, default=(0, 2500), help="labeled slice for the image tower")
     p.add_argument("--caption-files", type=file_range, default=(0, 100), help="captioned slice for the text tower")
     p.add_argument("--pool-files", type=file_range, default=(2500, 4500), help="recorded: the unseen unlabeled pool")
     p.add_argument("--val-files", type=file_range, default=(4500, 5000), help="recorded: unseen validation files")
-    p.add_argument("--image-steps", type=int, default=80, help="optimiser steps (batches seen once, in order)")
+    p.add_argument("--image-steps", type=int, default=80, help="optimiser steps, each batch new (0: keep --init's tower)")
     p.add_argument("--image-lr", type=float, default=3e-4)
     p.add_argument("--p-strong", type=float, default=0.5, help="share of images through the strong view")
     p.add_argument("--text-steps", type=int, default=300)
+    p.add_argument("--context-length", type=int, default=77, help="text tokens (captions are short; 77 is CLIP's)")
     p.add_argument("--text-lr", type=float, default=5e-4)
     p.add_argument("--name-prob", type=float, default=0.3, help="share of captions that name the class")
     p.add_argument("--batch-size", type=int, default=128)
@@ -231,21 +243,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
-    spec = args.init or "local-dir:" + str(_config_only(args.out.parent / f".{args.out.name}-config"))
-    model = open_clip.create_model(spec).to(device)
-    tokenizer = open_clip.get_tokenizer(spec)
     t0, c0 = time.time(), time.process_time()
-    # Start the class vectors from the init's own class-name embeddings (its image space), or random.
-    head = (class_embeddings(model, tokenizer, device) if args.init
-            else torch.randn(len(CLASSES), MODEL_CFG["embed_dim"]))
-    fresh_text_tower(model, args.out.parent / f".{args.out.name}-config")
-    images, labels = load_split(args.cifar / "train", args.image_files)
-    train_image_tower(model, head, images, labels, args, device)
+    model, tokenizer, head = build(args, device)
+    if args.image_steps:
+        images, labels = load_split(args.cifar / "train", args.image_files)
+        train_image_tower(model, head, images, labels, args, device)
+        save(model, args.out, {"stage": "image tower only (text tower random)"})  # a text-only rerun can start here
+    model.visual.eval().requires_grad_(False)
     cap_images, cap_labels = load_split(args.cifar / "train", args.caption_files)
     train_text_tower(model, tokenizer, embed_images(model, cap_images, device), cap_labels, args, device)
     seconds, cpu = time.time() - t0, time.process_time() - c0
     model.half().float()
-    val_images, val_labels = load_split(args.cifar / "train", args.val_files)
+    val_images, val_labels = load_split(args.cifar / "train", (args.val_files[0], args.val_files[0] + 100))
     val_zs = zero_shot(model, tokenizer, embed_images(model, val_images, device), val_labels, device)
     rng = "[{}:{}) of each class"
     info = {
@@ -261,19 +270,11 @@ def main() -> None:
         "args": {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
                  for k, v in vars(args).items()},
         "train_seconds": round(seconds), "train_cpu_seconds": round(cpu),
-        "zero_shot_validation_top1": round(val_zs, 4),
+        "zero_shot_validation_top1": round(val_zs, 4),  # first 100 validation files of each class
         "logit_scale": round(model.logit_scale.exp().item(), 3),
     }
     save(model, args.out, info)
     print(json.dumps(info, indent=1))
-
-
-def _config_only(folder: Path) -> Path:
-    """A weights-less local-dir folder: open_clip then builds the architecture with random weights."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": MODEL_CFG,
-                                                              "preprocess_cfg": PREPROCESS_CFG}))
-    return folder
 
 
 if __name__ == "__main__":

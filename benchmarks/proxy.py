@@ -94,6 +94,7 @@ class Inputs:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="folder with models/ and data/")
+    p.add_argument("--cifar", type=Path, help="an extracted cifar10/ folder (train/, test/) instead of <shared>/data's archive")
     p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "_work", help="data, runs and per-run results")
     p.add_argument("--quick", action="store_true", help="subsampled sizes for a 2-core CPU")
     p.add_argument("--validation", action="store_true", help="evaluate on unseen train files, not the test split")
@@ -129,9 +130,14 @@ def eval_files(cifar: Path, args: argparse.Namespace, setting: str, total: int |
     """The labeled images of a setting: the test split, or with --validation the stand-in's unseen train files."""
     if not args.validation:
         return balanced_subset(cifar / "test", total)
-    start, end = proxy_info(setting)["val_files"]
-    total = (end - start) * 10 if total is None else total
-    return balanced_subset(cifar / "train", min(total, (end - start) * 10), skip=start)
+    return train_slice(cifar, proxy_info(setting)["val_files"], total)
+
+
+def train_slice(cifar: Path, files: Sequence[int], total: int | None) -> list[Path]:
+    """Balanced ``total`` images (None: all) from train files [start:end) of each class."""
+    start, end = files
+    classes = sum(p.is_dir() for p in (cifar / "train").iterdir())
+    return balanced_subset(cifar / "train", min(total or 10**9, (end - start) * classes), skip=start)
 
 
 def hyper_args(args: argparse.Namespace) -> list[str]:
@@ -215,12 +221,11 @@ def model_inputs(work: Path, setting: str) -> tuple[str, Path, Path]:
 
 def prepare(args: argparse.Namespace) -> dict[tuple[str, str | None], Inputs]:
     """Every (setting, corruption) folder pair, built deterministically under <work>/data/<size>/."""
-    cifar = extract_cifar(args.shared, args.work)
+    cifar = args.cifar or extract_cifar(args.shared, args.work)
     data, sizes = args.work / "data" / args.size, sizes_of(args)
     inputs: dict[tuple[str, str | None], Inputs] = {}
     if "indomain" in args.settings:
-        start, end = proxy_info("indomain")["pool_files"]
-        pool = balanced_subset(cifar / "train", sizes["pool"] or (end - start) * 10, skip=start)
+        pool = train_slice(cifar, proxy_info("indomain")["pool_files"], sizes["pool"])
         test = eval_files(cifar, args, "indomain", sizes["test"])
         inputs["indomain", None] = Inputs(
             *model_inputs(args.work, "indomain"),

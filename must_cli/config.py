@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from must_cli.errors import MustError
 
@@ -83,6 +83,13 @@ class MustConfig(BaseModel):
     eval_every: int = Field(1, ge=1, description="with --eval-dir: evaluate every N epochs")
     save_every: int = Field(500, ge=1, description="write a resumable checkpoint every N optimiser steps")
     keep_checkpoints: int = Field(2, ge=1, description="resumable checkpoints to keep")
+
+    @model_validator(mode="after")
+    def _crop_range(self) -> "MustConfig":
+        """RandomResizedCrop needs min <= max; torchvision would only warn and crop oddly."""
+        if self.strong_crop_min > self.strong_crop_max:
+            raise ValueError(f"strong_crop_min ({self.strong_crop_min}) is above strong_crop_max ({self.strong_crop_max})")
+        return self
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

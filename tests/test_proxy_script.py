@@ -22,7 +22,9 @@ def test_defaults_and_sizes():
     assert proxy.sizes_of(args) == {"pool": None, "test": None, "shift": None}
     assert proxy.device_args(args) == ["--device", "cpu", "--workers", "1"]
     quick = proxy.parse_args(["--quick", "--epochs", "2", "--adapt-args", "--lr 1e-4 --no-guard"])
-    assert quick.json.name == "proxy-quick.json" and proxy.sizes_of(quick)["pool"] == 2000
+    assert quick.json.name == "proxy-quick.json" and proxy.sizes_of(quick)["pool"] == 1000
+    val = proxy.parse_args(["--quick", "--validation"])
+    assert val.size == "quick-validation" and val.json.name == "proxy-quick-validation.json"
     assert proxy.hyper_args(quick) == ["--preset", "tiny-images", "--lr", "1e-4", "--no-guard", "--epochs", "2"]
     small = proxy.parse_args(["--limit", "200", "--quick", "--preset", "", "--device", "cuda"])
     assert small.size == "limit200" and set(proxy.sizes_of(small).values()) == {200}
@@ -55,6 +57,19 @@ def test_subset_is_balanced_and_flat_names_hide_the_class(tmp_path):
     assert len(names) == 4 and not any("cat" in n or "dog" in n or n.startswith("000") for n in names)
     proxy.link_labeled(files, tmp_path / "labeled")
     assert sorted(p.name for p in (tmp_path / "labeled").iterdir()) == ["cat", "dog"]
+
+
+def test_validation_images_are_the_stand_ins_unseen_train_files(tmp_path, monkeypatch):
+    for split, n in (("train", 12), ("test", 4)):
+        for c in ("cat", "dog"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(n):
+                (tmp_path / split / c / f"{i:04d}.jpg").write_bytes(b"x")
+    monkeypatch.setattr(proxy, "proxy_info", lambda setting: {"pool_files": [4, 8], "val_files": [8, 11]})
+    val = proxy.eval_files(tmp_path, proxy.parse_args(["--validation"]), "indomain", None)
+    assert [f"{f.parent.name}/{f.name}" for f in val] == [f"{c}/{i:04d}.jpg" for c in ("cat", "dog") for i in (8, 9, 10)]
+    test = proxy.eval_files(tmp_path, proxy.parse_args([]), "indomain", 4)
+    assert {f.parent.parent.name for f in test} == {"test"} and len(test) == 4
 
 
 def test_materialize_rebuilds_half_built_folders(tmp_path):

@@ -74,3 +74,17 @@ def test_cutout_paints_one_mean_coloured_square_and_translate_shifts():
     assert any(not torch.equal(shifted[0], v) for v in shifted)
     assert torch.equal(weak_view(PRE, MustConfig())(ramp), eval_view(PRE)(ramp))
     assert isinstance(weak_view(PRE, MustConfig(weak_flip=True)).transforms[2], T.RandomHorizontalFlip)
+
+
+def test_view_fields_are_config_with_a_one_line_error():
+    from must_cli.config import resolve_config
+    from must_cli.errors import MustError
+
+    cfg = resolve_config(overrides={"randaugment": "rand-n1-m5", "strong_crop_min": 0.5, "low_res_max_size": 0})
+    assert cfg.randaugment == "rand-n1-m5" and not is_low_res(PRE, cfg)
+    try:
+        resolve_config(overrides={"strong_crop_min": 0.6, "strong_crop_max": 0.5})
+    except MustError as e:
+        assert "strong_crop_min (0.6) is above strong_crop_max (0.5)" in str(e)
+    else:
+        raise AssertionError("min > max accepted")
