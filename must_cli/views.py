@@ -183,7 +183,7 @@ class TrainViews(Dataset):
         seed = sample_seed(self.seed, epoch, index)
         with _seeded(seed):
             weak, strong = self.weak(image), self.strong(image)
-        out = {"weak": weak, "strong": strong, "index": torch.tensor(index), "bad": torch.tensor(bad)}
+        out = {"weak": weak, "strong": strong, "bad": torch.tensor(bad)}
         if self.masks is not None:
             out["mask"] = torch.from_numpy(self.masks(np.random.default_rng(seed)))
         return out

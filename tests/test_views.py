@@ -34,7 +34,13 @@ def test_train_views_are_deterministic_per_seed_epoch_index(unlabeled_images):
     c = ds[(2, 1)]
     assert not torch.equal(a["strong"], c["strong"])  # a new epoch draws new augmentations
     assert a["mask"].sum() == 8 and a["bad"] == -1
-    assert eval_view(PRE)(Image.open(paths[0])).shape == (3, 32, 32)
+    assert set(a) == {"weak", "strong", "mask", "bad"}  # only what the training step reads travels to the device
+
+
+def test_eval_view_is_a_deterministic_centre_crop(unlabeled_images):
+    image = Image.open(next(unlabeled_images.iterdir())).convert("RGB")
+    first, second = eval_view(PRE)(image), eval_view(PRE)(image)
+    assert first.shape == (3, 32, 32) and torch.equal(first, second)
 
 
 def test_sampler_shards_one_permutation_and_resumes_mid_epoch():
