@@ -193,9 +193,9 @@ def run_data(args: argparse.Namespace, size: str, root: Path) -> dict[str, Any]:
     masks = MaskGenerator(s, 16, resolve_mask_patch_size(32, s, 16), 0.3)
     cache = ResizedCache(root / f"cache-{size}", s)
     batch = min(args.data_batch, len(paths))
-    TrainViews(paths, pre, masks, 0)[(0, 0)]  # first-call costs (lazy imports, PIL plugins) stay out of the timings
-    uncached = epoch_rate(TrainViews(paths, pre, masks, 0), len(paths), batch, args.workers, 1)[0]
-    first, second = epoch_rate(TrainViews(paths, pre, masks, 0, cache), len(paths), batch, args.workers, 2)
+    TrainViews(paths, pre, masks, MustConfig())[(0, 0)]  # first-call costs (lazy imports, PIL plugins) stay out of the timings
+    uncached = epoch_rate(TrainViews(paths, pre, masks, MustConfig()), len(paths), batch, args.workers, 1)[0]
+    first, second = epoch_rate(TrainViews(paths, pre, masks, MustConfig(), cache), len(paths), batch, args.workers, 2)
     return {"size": size, "file_kb": round((folder / "0.jpg").stat().st_size / 1024, 1), "images": len(paths),
             "workers": args.workers, "input_size": s, "uncached_img_per_s": uncached,
             "cache_epoch1_img_per_s": first, "cache_epoch2_img_per_s": second,
