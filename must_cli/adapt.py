@@ -30,7 +30,7 @@ from must_cli.cache import ResizedCache
 from must_cli.checkpoint import (
     MODEL_FILE, atomic_write_text, list_checkpoints, load_checkpoint, save_checkpoint, save_model,
 )
-from must_cli.classnames import IMAGENET_TEMPLATES, read_class_file, read_templates
+from must_cli.classnames import read_class_file, resolve_templates
 from must_cli.config import MustConfig, to_toml
 from must_cli.engine import (
     METRIC_NAMES, Dist, TrainState, broadcast_object, init_distributed, param_groups, reduce_sum, scaled_lr,
@@ -272,7 +272,7 @@ def evaluate_models(models: dict[str, MustModel], paths, labels, classnames, pre
 def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = None) -> Path:
     """Adapt CLIP to the images with MUST and write model.safetensors; returns the run folder."""
     classnames = read_class_file(req.classes)
-    templates = read_templates(req.templates) if req.templates else list(IMAGENET_TEMPLATES)
+    templates = resolve_templates(req.templates, cfg.template_set)
     device = pick_device(cfg.device)
     d: Dist = init_distributed(device.type == "cuda")
     if device.type == "cuda" and d.world > 1:

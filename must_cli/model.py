@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from open_clip.transformer import QuickGELU, VisionTransformer
 from torch import nn
 
-from must_cli.classnames import IMAGENET_TEMPLATES, fill_templates, read_templates
+from must_cli.classnames import fill_templates, resolve_templates
 from must_cli.config import MustConfig
 from must_cli.errors import MustError
 
@@ -89,14 +89,21 @@ class MustModel(nn.Module):
         return v.transformer(v.ln_pre(x))
 
     def project(self, tokens: torch.Tensor, norm: nn.Module) -> torch.Tensor:
-        """h(z) of the paper: a LayerNorm, CLIP's projection, then L2 normalisation."""
-        z = norm(tokens)
-        if self.visual.proj is not None:
-            z = z @ self.visual.proj
-        return F.normalize(z, dim=-1)
+        """h(z) of the paper: a LayerNorm, CLIP's projection, then L2 normalisation.
+
+        Always fp32, also under bf16 autocast: at logit scale 100 a bf16 embedding moves logits
+        by ~0.1 and flips confidence decisions near tau (benchmarks/bf16_flips.py). It is cheap.
+        """
+        with torch.autocast(tokens.device.type, enabled=False):
+            z = norm(tokens.float())
+            if self.visual.proj is not None:
+                z = z @ self.visual.proj.float()
+            return F.normalize(z, dim=-1)
 
     def classify(self, embedding: torch.Tensor) -> torch.Tensor:
-        return self.logit_scale * embedding @ self.classifier
+        """fp32 logits from the fp32 embedding and classifier, whatever autocast is active."""
+        with torch.autocast(embedding.device.type, enabled=False):
+            return self.logit_scale * embedding.float() @ self.classifier.float()
 
     def forward(
         self, images: torch.Tensor, mask: torch.Tensor | None = None, *, reconstruct: bool = False,
@@ -222,7 +229,7 @@ def build_zero_shot(
 ) -> tuple[MustModel, Preprocess]:
     """Plain CLIP as a MustModel (for `--zero-shot` comparisons), with adapt's default model, tag and prompts."""
     defaults = MustConfig()
-    templates = read_templates(templates_file) if templates_file else list(IMAGENET_TEMPLATES)
+    templates = resolve_templates(templates_file, defaults.template_set)
     built, pre = build_must_model(model or defaults.model, pretrained or defaults.pretrained, classnames, templates,
                                   device)
     return built.eval(), pre
