@@ -343,7 +343,7 @@ def compare_weights(rep: Report, what: str, ref: dict, ours: dict, before: dict 
         total += wr.numel()
     unit = "of lr" if before is not None else "of max|w|"
     rep.check(f"{what}", worst, worst <= tol, f"<= {tol:g} {unit}")
-    print(f"       excluded {excluded} of {total} elements (|g| near Adam's eps, or moved by an L1 sign flip); "
+    print(f"       excluded {excluded} of {total} elements (|g| near Adam's eps; from step 2 also gradients 1e-3 apart, as after an L1 sign flip); "
           f"worst there {worst_excluded:.3g} {unit}")
 
 
@@ -434,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
           f"parameter updates {STEP_TOL:g} x lr and teacher {EMA_TOL:g} x max|w| elementwise beyond one fp32 ulp of the weight, lr 1e-3 per 256 images "
           "so steps are well above that ulp; excluding elements "
           "where |g| is so near Adam's eps that the two gradients' rounding difference alone moves the step by more "
-          "than that (|dg| eps / (|g| + eps)^2 > 1e-3)")
+          "than that (|dg| eps / (|g| + eps)^2 > 1e-3), and from step 2, where Adam's step follows g2/g1, "
+          "elements whose gradients differ by more than 1e-3 relative; counts printed")
     compare_views(rep, ref)
     if args.shape in ("tiny", "all"):
         check_shape(rep, ref, "tiny", running=False)
