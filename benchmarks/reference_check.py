@@ -6,7 +6,7 @@ Builds the reference ``VisionTransformer_MIM`` (its clip/model.py: [MSK], ln_pat
 must-cli's ``MustModel`` from the same random weights, runs the reference's own
 ``train_one_epoch`` (engine_self_training.py) with its ``create_optimizer`` layer-decay groups
 (optim_factory.py), ``ModelEma`` (ema.py) and ``cosine_scheduler`` (utils.py) next to must-cli's
-``train_epoch`` on the same weak/strong tensors, masks and classifier, two steps, fp32 on CPU,
+``train_epoch`` on the same weak/strong tensors, masks and classifier, two steps (one at the ViT-B/16 shape), fp32 on CPU,
 and compares every loss term, gradient, parameter, teacher weight, lr and weight decay. The
 views and the masking draw from different random streams, so their parameters are compared.
 The reference is imported unmodified: names that current PyTorch and the venv lack are
@@ -396,7 +396,7 @@ def compare_views(rep: Report, ref: dict) -> None:
     rep.check("masked tokens per image", f"{counts_o} vs {counts_r}", counts_o == counts_r, "identical")
 
 
-def check_shape(rep: Report, ref: dict, shape: str, running: bool, seed: int = 0) -> None:
+def check_shape(rep: Report, ref: dict, shape: str, running: bool, steps: int, seed: int = 0) -> None:
     s = SHAPES[shape]
     print(f"\n{shape} (width {s['width']}, {s['layers']} layers, patch {s['patch']}, {s['image']} px, "
           f"K {s['classes']}, batch {s['batch']}), fairness {'running average' if running else 'batch'}:")
@@ -406,10 +406,10 @@ def check_shape(rep: Report, ref: dict, shape: str, running: bool, seed: int = 0
     data = [{"weak": torch.randn(s["batch"], 3, s["image"], s["image"], generator=gen),
              "strong": torch.randn(s["batch"], 3, s["image"], s["image"], generator=gen),
              "mask": torch.from_numpy(np.stack([masks(np.random.default_rng(seed * 100 + j)) for j in range(s["batch"])]))}
-            for _ in range(2)]
+            for _ in range(steps)]
     with torch.no_grad():  # tau halfway between the middle confidences: both kept and dropped images
         conf = torch.cat([ref_model(d["weak"]).softmax(-1).max(-1)[0] for d in data]).sort()[0]
-    mid = len(conf) // 2
+    mid = len(conf) // 2  # with one batch of 2: one kept, one dropped
     tau = float((conf[mid - 1] + conf[mid]) / 2)
     print(f"  tau {tau:.6f}, margin to the nearest confidence {float(conf[mid] - conf[mid - 1]) / 2:.2e}")
     before = {n: p.detach().clone() for n, p in ours.named_parameters()}
@@ -429,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     ref = import_reference(args.ref.resolve())
     rep = Report()
-    print(f"must-cli vs {args.ref} (fp32, CPU, torch {torch.__version__})")
+    print(f"must-cli vs {args.ref} (fp32, CPU, torch {torch.__version__})", flush=True)
     print(f"tolerances: loss terms rel {LOSS_TOL:g}; gradients rel norm and 1 - cos {GRAD_TOL:g}; "
           f"parameter updates {STEP_TOL:g} x lr and teacher {EMA_TOL:g} x max|w| elementwise beyond one fp32 ulp of the weight, lr 1e-3 per 256 images "
           "so steps are well above that ulp; excluding elements "
@@ -438,10 +438,10 @@ def main(argv: list[str] | None = None) -> int:
           "elements whose gradients differ by more than 1e-3 relative; counts printed")
     compare_views(rep, ref)
     if args.shape in ("tiny", "all"):
-        check_shape(rep, ref, "tiny", running=False)
-        check_shape(rep, ref, "tiny", running=True)
-    if args.shape in ("b16", "all"):
-        check_shape(rep, ref, "b16", running=True)
+        check_shape(rep, ref, "tiny", running=False, steps=2)
+        check_shape(rep, ref, "tiny", running=True, steps=2)
+    if args.shape in ("b16", "all"):  # one step: two hold ~12 copies of 86M weights, too many for a shared 2-core box
+        check_shape(rep, ref, "b16", running=True, steps=1)
     print("\nALL CHECKS PASS" if rep.ok else "\nSOME CHECKS FAIL")
     return 0 if rep.ok else 1
 
