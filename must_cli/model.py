@@ -94,16 +94,16 @@ class MustModel(nn.Module):
         Always fp32, also under bf16 autocast: at logit scale 100 a bf16 embedding moves logits
         by ~0.1 and flips confidence decisions near tau (benchmarks/bf16_flips.py). It is cheap.
         """
-        with torch.autocast(tokens.device.type, enabled=False):
-            z = norm(tokens.float())
+        with torch.autocast(tokens.device.type, enabled=False):  # the weights' dtype: fp32 unless exported as fp16
+            z = norm(tokens.to(norm.weight.dtype))
             if self.visual.proj is not None:
-                z = z @ self.visual.proj.float()
+                z = z @ self.visual.proj
             return F.normalize(z, dim=-1)
 
     def classify(self, embedding: torch.Tensor) -> torch.Tensor:
-        """fp32 logits from the fp32 embedding and classifier, whatever autocast is active."""
+        """Logits in the classifier's dtype (fp32 in training), whatever autocast is active."""
         with torch.autocast(embedding.device.type, enabled=False):
-            return self.logit_scale * embedding.float() @ self.classifier.float()
+            return self.logit_scale * embedding.to(self.classifier.dtype) @ self.classifier
 
     def forward(
         self, images: torch.Tensor, mask: torch.Tensor | None = None, *, reconstruct: bool = False,
