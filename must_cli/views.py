@@ -22,6 +22,7 @@ from timm.data.auto_augment import rand_augment_transform
 from torch.utils.data import Dataset, Sampler
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
+from torchvision.transforms.functional import pil_modes_mapping
 
 from must_cli.cache import ResizedCache
 from must_cli.config import MustConfig
@@ -92,6 +93,7 @@ def strong_view(pre: Preprocess, cfg: MustConfig) -> T.Compose:
         # At magnitude 10 timm's increasing posterize keeps 0 bits, which Pillow >= 10 rejects;
         # 9.99 keeps 1 bit there and leaves every other op unchanged.
         "magnitude_max": 9.99,
+        "interpolation": pil_modes_mapping[interp],  # geometric ops resample as the crop does, as timm's factory sets
     }
     randaugment = [rand_augment_transform(cfg.randaugment, hparams)] if cfg.randaugment else []
     if is_low_res(pre, cfg):
