@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from must_cli.evaluate import labeled_images
 from must_cli.model import MustModel, build_must_model
-from must_cli.views import test_view
+from must_cli.views import eval_view
 from must_cli.images import load_rgb
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -66,7 +66,7 @@ def main() -> None:
     model.eval()
     paths = labeled_images(Path("/work/data/cifar10/test"), CLASSES, lambda m: None)[0]
     paths = paths[:: max(1, len(paths) // args.images)][: args.images]
-    view = test_view(pre)
+    view = eval_view(pre)
     images = torch.stack([view(load_rgb(p)) for p in paths])
     print(f"{len(images)} CIFAR-10 test images, tau {args.threshold}, torch {torch.__version__}, {platform.processor()}")
     own = float(model.logit_scale)
