@@ -381,7 +381,8 @@ def compare_views(rep: Report, ref: dict) -> None:
     tc = {"mask_patch_size": 32, "model_patch_size": 16, "mask_ratio": 0.3}
     aug = ref["build_dataset"].build_transform(True, args, tc)
     pre = Preprocess(224, mean, std, "bicubic")
-    for name, r, o in (("weak view", aug.transforms[0], weak_view(pre)), ("strong view", aug.transforms[1], strong_view(pre))):
+    for name, r, o in (("weak view", aug.transforms[0], weak_view(pre, MustConfig())),
+                       ("strong view", aug.transforms[1], strong_view(pre, MustConfig()))):
         dr, do = describe(r), describe(o)
         if name == "strong view":  # stated exception, see MAGNITUDE_MAX
             dr, do = (str(d).replace("9.99", "10.0") for d in (dr, do))

@@ -49,7 +49,8 @@ def _translate(pre: Preprocess, fraction: float) -> list[Callable]:
     """Resize + crop to the input size, shifted by up to ``fraction`` of the side (reflect padding)."""
     interp, size = _interp(pre.interpolation), pre.image_size
     pad = round(fraction * size)
-    return [T.Resize(size, interp), T.RandomCrop(size, padding=pad or None, padding_mode="reflect")]
+    crop = T.RandomCrop(size, padding=pad, padding_mode="reflect") if pad else T.RandomCrop(size)
+    return [T.Resize(size, interp), crop]
 
 
 def weak_view(pre: Preprocess, cfg: MustConfig) -> T.Compose:

@@ -16,6 +16,7 @@ from must_cli.cache import ResizedCache, cached_side
 from must_cli.images import load_rgb
 from must_cli.masking import MaskGenerator
 from must_cli.model import Preprocess
+from must_cli.config import MustConfig
 from must_cli.views import TrainViews
 
 INPUT = 64  # model input side: cached side 96, images with a shorter side >= 192 are cached
@@ -100,7 +101,7 @@ def test_unwritable_cache_only_costs_speed(tmp_path):
 def test_train_views_give_the_same_sample_from_a_cold_and_a_warm_cache(tmp_path):
     paths = [photo(tmp_path / f"{i}.jpg", 800, 600, seed=i) for i in range(2)]
     pre = Preprocess(INPUT, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    views = TrainViews(paths, pre, MaskGenerator(INPUT, 8, 16, 0.3), seed=0, cache=ResizedCache(tmp_path / "c", INPUT))
+    views = TrainViews(paths, pre, MaskGenerator(INPUT, 8, 16, 0.3), MustConfig(), cache=ResizedCache(tmp_path / "c", INPUT))
     cold, warm = views[(1, 0)], views[(1, 0)]
     assert len(list((tmp_path / "c").rglob("*.jpg"))) == 1
     assert all(torch.equal(cold[k], warm[k]) for k in cold) and cold["weak"].shape == (3, INPUT, INPUT)
