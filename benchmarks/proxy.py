@@ -1,14 +1,14 @@
 """Proxy benchmark: does MUST beat zero-shot, and does each part help, on stand-in CLIPs?
 
 Real CLIP weights and the paper's datasets cannot be downloaded here, so the tool is measured
-on a stand-in CLIP with real CLIP's headroom (``benchmarks/models/cifar10-standin``, built by
-benchmarks/make_standin.py from the CIFAR-10 train split) and CIFAR-10 (``<shared>/data``),
+on stand-in CLIPs built to have real CLIP's headroom (``benchmarks/models/cifar10-standin{,-shift}``,
+by benchmarks/make_standin.py from the CIFAR-10 train split) and CIFAR-10 (``<shared>/data``),
 through the real command line (``must adapt`` / ``must eval`` as subprocesses), in two settings:
 
 * ``indomain``: adapted on its unlabeled pool (train files it never saw, ``proxy_info.pool_files``,
   flattened so the class never shows in a path), evaluated on the clean test split;
-* ``shift`` (paper Table 9): adapted transductively on corrupted test images (severity 5, made
-  with benchmarks/corruptions.py), evaluated on the same images.
+* ``shift`` (paper Table 9): ``cifar10-standin-shift`` adapted transductively on corrupted test
+  images (severity 5, made with benchmarks/corruptions.py), evaluated on the same images.
 
 ``--validation`` replaces the test split by train files the stand-in never saw and that are not
 in the pool (``proxy_info.val_files``): hyperparameters are chosen there, never on test labels.
@@ -49,7 +49,7 @@ from corruptions import CORRUPTIONS, corrupt_folder  # noqa: E402  (sibling scri
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = {"indomain": REPO / "benchmarks" / "models" / "cifar10-standin",
-          "shift": REPO / "benchmarks" / "models" / "cifar10-standin"}
+          "shift": REPO / "benchmarks" / "models" / "cifar10-standin-shift"}
 SETTINGS = tuple(MODELS)
 SHIFT_CORRUPTIONS = ("gaussian_noise", "defocus_blur", "contrast", "jpeg_compression", "pixelate")
 SEVERITY = 5
