@@ -71,13 +71,19 @@ def atomic_write_text(path: Path, text: str) -> None:
 # ---------------------------------------------------------------- the shipped model
 
 
+WARM_START_PREFIXES = ("mask_token", "ln_patch.", "decoder.")  # what `must adapt --init-from` needs beyond inference
+
+
 def save_model(path: Path, model: MustModel, meta: dict[str, Any]) -> None:
-    """Write the image tower + classifier (no [MSK]/decoder: inference never uses them).
+    """Write the image tower + classifier, and [MSK], ln_patch and the decoder for warm starts.
 
     ``meta`` must hold vision_config, classnames, templates, preprocess and config; all
     of it goes into the safetensors header so predict/export rebuild the net offline.
+    Inference reads only ``visual.*``, ``classifier`` and ``logit_scale``, so files written
+    before the warm-start tensors were added load the same way.
     """
     tensors = {f"visual.{k}": v for k, v in model.visual.state_dict().items()}
+    tensors.update({k: v for k, v in model.state_dict().items() if k.startswith(WARM_START_PREFIXES)})
     tensors["classifier"] = model.classifier.detach()
     tensors["logit_scale"] = model.logit_scale.detach()
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}

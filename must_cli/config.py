@@ -56,6 +56,10 @@ class MustConfig(BaseModel):
     mask_patch_size: int = Field(32, ge=1, description="side of a mask square in pixels at 224-px input (rescaled for other sizes)")
     fair_running_classes: int = Field(512, ge=2, description="classes from which p_bar becomes a running average")
 
+    # Class prior and warm start (docs/presets.md: which prior when)
+    class_prior: str = Field("uniform", min_length=1, description="fairness target: uniform, estimate (EM on the zero-shot predictions) or a file of 'class share' lines")
+    freeze_classifier: bool = Field(False, description="keep the text-built classifier fixed (the paper's warm-up)")
+
     # Safety net
     guard: bool = Field(True, description="keep the zero-shot classifier if the adapted model collapses (label-free check)")
 
