@@ -11,7 +11,6 @@ import copy
 import hashlib
 import itertools
 import json
-import math
 import os
 import random
 import signal
@@ -37,12 +36,14 @@ from must_cli.engine import (
     train_epoch,
 )
 from must_cli.errors import MustError
-from must_cli.evaluate import accuracy_report, labeled_images, predict_labels
+from must_cli.evaluate import accuracy_report, iter_probs, labeled_images, predict_labels
 from must_cli.images import display_name, scan_images
 from must_cli.masking import MaskGenerator, resolve_mask_patch_size
 from must_cli.model import MustModel, build_must_model, vision_config
+from must_cli.priors import ESTIMATE, as_metadata, describe, label_balance, resolve_prior
 from must_cli.progress import Reporter, SilentReporter
 from must_cli.views import EpochSampler, TrainViews
+from must_cli.warmstart import load_warm_start
 
 GUARD_SAMPLE = 2000  # pool images the label-free guard looks at
 
@@ -57,6 +58,8 @@ class AdaptRequest:
     output: Path | None = None
     eval_dir: Path | None = None
     resume: str | None = None  # None: fresh run; "auto": latest checkpoint in the output; else a path
+    init_from: Path | None = None  # warm start from this adapted run (image tower, [MSK], decoder)
+    predict: bool = False  # also write predictions.csv for the adapted images with the shipped model
 
 
 def pick_device(name: str) -> torch.device:
@@ -188,13 +191,6 @@ def point_latest(out: Path) -> None:
     os.replace(tmp, latest)
 
 
-def label_balance(hist: torch.Tensor) -> float:
-    """Normalised entropy of a class histogram: 1 when every class is predicted equally, 0 for one class."""
-    p = hist.float() / hist.sum().clamp_min(1)
-    ent = -(p[p > 0] * p[p > 0].log()).sum()
-    return float(ent / math.log(len(hist))) + 0.0  # + 0.0 turns -0.0 (nothing kept) into 0.0
-
-
 # Settings that may change on resume: they do not change what is computed (beyond rounding).
 RUNTIME_KEYS = frozenset({"device", "workers", "precision", "compile", "grad_checkpointing", "eval_every",
                           "save_every", "keep_checkpoints", "batch_size", "accum_steps", "cache", "cache_dir"})
@@ -287,7 +283,15 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
     ckpt_dir = out / "checkpoints"
 
     torch.manual_seed(cfg.seed)  # [MSK], ln_patch and decoder initialisation
-    model, pre = build_must_model(cfg.model, cfg.pretrained, classnames, templates, device)
+    if req.init_from is not None:
+        warm = load_warm_start(req.init_from, classnames, templates, device)
+        model, pre = warm.model, warm.preprocess
+        cfg = cfg.model_copy(update={"model": warm.base_model, "pretrained": warm.base_pretrained})
+        rep.info(f"warm start from {req.init_from} (base {warm.base_model}); classifier rebuilt for "
+                 f"{len(classnames)} classes" + ("" if warm.heads_restored else
+                                                 "; [MSK] and decoder start fresh (older model file)"))
+    else:
+        model, pre = build_must_model(cfg.model, cfg.pretrained, classnames, templates, device)
     mask_size = resolve_mask_patch_size(cfg.mask_patch_size, pre.image_size, model.patch_size)
     if mask_size != cfg.mask_patch_size:
         rep.info(f"mask squares: {cfg.mask_patch_size} px at 224-px input -> {mask_size} px for this "
@@ -297,6 +301,7 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
     model.decoder.requires_grad_(cfg.mim)  # frozen heads stay out of the optimiser and of DDP's reducer
     model.ln_patch.requires_grad_(use_masks)
     model.mask_token.requires_grad_(use_masks)
+    model.classifier.requires_grad_(not cfg.freeze_classifier)
 
     per_rank = len(paths) // d.world
     batch = min(cfg.batch_size, per_rank)
@@ -314,6 +319,9 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
     workers = default_workers(cfg.workers)
     autocast = autocast_for(device, cfg.precision)
 
+    guard_paths = paths[:: max(1, len(paths) // GUARD_SAMPLE)]
+    prior = _class_prior(cfg, classnames, d.is_main,
+                         lambda: _pool_probs(model, guard_paths, pre, device, autocast, workers))
     zero_shot = copy.deepcopy(model).eval() if cfg.guard or eval_set else None
     teacher = copy.deepcopy(model).to(device).eval().requires_grad_(False)
     model.to(device)
@@ -328,11 +336,12 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
     )
     train_student, train_teacher = compile_for_training(student, teacher, device, cfg.compile)
 
-    state = TrainState()
+    state = TrainState(prior=None if prior is None else prior.to(device))
     fingerprint = run_fingerprint(cfg, classnames, templates, [p.relative_to(req.images) for p in paths],
                                   global_batch, steps_per_epoch)
     if resume_from is not None:
         state = _resume(resume_from, fingerprint, cfg, model, teacher, optimizer, rep)
+        state.prior = None if state.prior is None else state.prior.to(device)
 
     sampler = EpochSampler(len(paths), cfg.seed, d.rank, d.world)
     cache = ResizedCache(Path(cfg.cache_dir) if cfg.cache_dir else out / "cache", pre.image_size) if cfg.cache else None
@@ -360,7 +369,6 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
                  f"{d.world} process(es) x batch {batch} x accum {cfg.accum_steps} = {global_batch}, "
                  f"lr {peak_lr:.2e}, {total_steps} steps on {device}, output {out}")
     zs_pool = None
-    guard_paths = paths[:: max(1, len(paths) // GUARD_SAMPLE)]
     if cfg.guard and d.is_main:
         zs_pool = predict_labels(zero_shot, guard_paths, pre, device, workers=workers, autocast=autocast)
     if eval_set and d.is_main and state.step == 0:
@@ -404,7 +412,7 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
                     raise agreed_error(d.is_main,
                         f"the loss became NaN/inf by step {st.step}: lower --lr (or use --precision fp32); "
                         + (f"last good checkpoint kept: {kept[-1]}" if kept else "no checkpoint was written yet"))
-                rep.update(step_in_epoch, _stats(reduce_sum(sums), reduce_sum(hist), lr))
+                rep.update(step_in_epoch, _stats(reduce_sum(sums), reduce_sum(hist), lr, st.prior))
                 if (due or stopping) and step_in_epoch < steps_per_epoch:
                     checkpoint(sums, hist)
                 halted[0] = bool(stopping)
@@ -424,7 +432,7 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
             if halted[0] and state.batches_done < batches_per_epoch:
                 raise stopped
             total, h = reduce_sum(sums), reduce_sum(hist)
-            record = {"epoch": state.epoch + 1, "step": state.step, **_stats(total, h, last_lr[0]),
+            record = {"epoch": state.epoch + 1, "step": state.step, **_stats(total, h, last_lr[0], state.prior),
                       "seconds": round(time.time() - epoch_start, 2)}
             seen = float(total[n_images]) - images_before  # this session's images only, after a resume
             record["images_per_second"] = round(seen / max(record["seconds"], 1e-9), 1)
@@ -445,18 +453,24 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
     guard_note = None
     if cfg.guard and d.is_main:
         final, guard_note = _guard(teacher, zero_shot, zs_pool, guard_paths,
-                                   pre, device, autocast, workers, rep)
+                                   pre, device, autocast, workers, rep, state.prior)
     if d.is_main:
         meta = {
             "vision_config": vision_config(cfg.model, model.visual), "classnames": classnames,
             "templates": templates, "preprocess": pre.__dict__, "config": to_toml(cfg),
             "source_model": {"model": cfg.model, "pretrained": cfg.pretrained},
             "chosen": "zero-shot (guard)" if guard_note else "ema-teacher",
+            "class_prior": as_metadata(cfg.class_prior, state.prior, classnames),
         }
         save_model(out / MODEL_FILE, final, meta)
         atomic_write_text(out / "config.toml", to_toml(cfg))
         point_latest(out)
         _summary(rep, state.metrics, out, len(skipped), guard_note)
+        if state.prior is not None:
+            rep.info(f"class prior ({as_metadata(cfg.class_prior, None, classnames)['source']}): "
+                     + describe(state.prior.cpu(), classnames))
+        if req.predict:
+            _predict_pool(req.images, out, cfg, rep)
     if d.world > 1:
         # The others wait while rank 0 runs the guard and writes the model.
         torch.distributed.barrier(device_ids=[device.index] if device.type == "cuda" else None)
@@ -479,13 +493,36 @@ def _report_unreadable(batches: Iterable[dict], paths: list[Path], seen: set[int
         yield b
 
 
-def _stats(total: torch.Tensor, hist: torch.Tensor, lr: float) -> dict[str, float]:
+def _class_prior(cfg: MustConfig, classnames: list[str], is_main: bool,
+                 pool_probs: Callable[[], torch.Tensor]) -> torch.Tensor | None:
+    """--class-prior resolved once: rank 0 runs the zero-shot inference an estimate needs and shares the result."""
+    if cfg.class_prior != ESTIMATE:
+        return resolve_prior(cfg.class_prior, classnames, pool_probs)  # cheap: every rank reads the file itself
+    return broadcast_object(resolve_prior(ESTIMATE, classnames, pool_probs) if is_main else None)
+
+
+def _pool_probs(model: MustModel, paths: list[Path], pre, device, autocast, workers: int) -> torch.Tensor:
+    """Zero-shot class probabilities of the decodable images among ``paths`` (N, K)."""
+    rows = [probs[ok] for _, probs, ok in iter_probs(model, paths, pre, device, workers=workers, autocast=autocast)]
+    return torch.cat(rows)
+
+
+def _predict_pool(images: Path, out: Path, cfg: MustConfig, rep: Reporter) -> None:
+    """--predict: label the adapted images with the shipped model through `must predict`'s own code."""
+    from must_cli.predict import PredictRequest, run_predict  # predict imports this module
+
+    result = run_predict(PredictRequest(images, model=str(out), output=out / "predictions.csv", device=cfg.device,
+                                        workers=cfg.workers), rep)
+    rep.info(f"predictions for {len(result.predictions)} images written to {result.output}")
+
+
+def _stats(total: torch.Tensor, hist: torch.Tensor, lr: float, prior: torch.Tensor | None) -> dict[str, float]:
     values = dict(zip(METRIC_NAMES, total.tolist()))
     n = max(values["images"], 1.0)
     return {
         "loss": values["loss"] / n, "loss_cls": values["loss_cls"] / n, "loss_fair": values["loss_fair"] / n,
         "loss_mim": values["loss_mim"] / n, "loss_align": values["loss_align"] / n, "kept": values["kept"] / n,
-        "agree": values["agree"] / n, "balance": label_balance(hist), "lr": lr,
+        "agree": values["agree"] / n, "balance": label_balance(hist, prior), "lr": lr,
     }
 
 
@@ -497,13 +534,13 @@ def _report_epoch(rep: Reporter, record: dict) -> None:
     rep.info(line)
 
 
-def _guard(teacher, zero_shot, zs_preds, paths, pre, device, autocast, workers, rep):
-    """Label-free safety net: if the adapted model predicts far fewer classes than zero-shot did
-    (self-training collapsed onto a few classes), ship the zero-shot model instead and say so."""
+def _guard(teacher, zero_shot, zs_preds, paths, pre, device, autocast, workers, rep, prior=None):
+    """Label-free safety net: if the adapted model's predictions are far less balanced (with respect to
+    the class prior) than zero-shot's (self-training collapsed onto a few classes), ship the zero-shot model."""
     adapted = predict_labels(teacher, paths, pre, device, workers=workers, autocast=autocast)
     k = teacher.num_classes
-    b_zs = label_balance(torch.bincount(zs_preds[zs_preds >= 0], minlength=k))
-    b_ad = label_balance(torch.bincount(adapted[adapted >= 0], minlength=k))
+    b_zs = label_balance(torch.bincount(zs_preds[zs_preds >= 0], minlength=k), prior)
+    b_ad = label_balance(torch.bincount(adapted[adapted >= 0], minlength=k), prior)
     if b_ad < 0.5 * b_zs:
         note = (f"adapted model collapsed (prediction balance {b_ad:.2f} vs {b_zs:.2f} zero-shot): "
                 "kept the zero-shot model; try a lower --lr or a preset with a lower threshold")

@@ -91,6 +91,10 @@ def adapt(
         None, "--resume", metavar="[PATH]",
         help="Continue a stopped run: alone, from the newest checkpoint of --output (or runs/latest); or a checkpoint/run path.",
     ),
+    class_prior: Optional[str] = typer.Option(None, "--class-prior", help="Fairness target: uniform, estimate or FILE of 'class share' lines (docs/presets.md)."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Warm start from an adapted run (its image tower, [MSK] and decoder)."),
+    freeze_classifier: Optional[bool] = typer.Option(None, "--freeze-classifier/--train-classifier", help="Keep the text-built classifier fixed."),
+    predict: bool = typer.Option(False, "--predict", help="At the end, write <run>/predictions.csv for these images (as `must predict`)."),
     gpus: Optional[int] = typer.Option(
         None, "--gpus", min=1,
         help="Run N data-parallel processes on this machine via torch.distributed.run (with --device cpu: gloo, for testing).",
@@ -105,7 +109,7 @@ def adapt(
         model=model, pretrained=pretrained, epochs=epochs, batch_size=batch_size, base_lr=lr, device=device,
         seed=seed, workers=workers, mim=mim, align=align, fairness=fairness, guard=guard, accum_steps=accum_steps,
         grad_checkpointing=grad_checkpointing, compile=compile, precision=precision, save_every=save_every,
-        cache=cache, cache_dir=cache_dir,
+        cache=cache, cache_dir=cache_dir, class_prior=class_prior, freeze_classifier=freeze_classifier,
     )
     cfg = resolve_config(preset, config, overrides)
     if gpus and gpus > 1:
@@ -113,7 +117,7 @@ def adapt(
 
         raise typer.Exit(launch_local(gpus, cfg.device, ctx.meta["must_args"], _debug["on"]))
     request = AdaptRequest(images=images, classes=classes, templates=templates, output=output,
-                           eval_dir=eval_dir, resume=resume)
+                           eval_dir=eval_dir, resume=resume, init_from=init_from, predict=predict)
     run_adapt(request, cfg, Reporter(err_console))
 
 
