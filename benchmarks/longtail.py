@@ -41,7 +41,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "_work" / "longtail")
     p.add_argument("--imbalances", nargs="+", type=float, default=[1, 10, 100], help="1 is the balanced folder")
     p.add_argument("--pool-images", type=int, default=1250, help="about this many pool images per setting")
-    p.add_argument("--test-max", type=int, default=1000, help="test images of the most common class")
+    p.add_argument("--test-max", type=int, default=500, help="LT test images of the most common class")
     p.add_argument("--balanced-test", type=int, default=200, help="balanced test images per class")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--preset", default="tiny-images")
@@ -95,8 +95,9 @@ def run_setting(imbalance: float, args: argparse.Namespace, inp: tuple, order: l
     data = args.work / "data" / tag
     pool = materialize(data / "pool", lambda d: link_flat(long_tailed(args.data / "train", order, pool_counts,
                                                                         POOL_SKIP), d))
-    lt_test = materialize(data / "test", lambda d: link_labeled(long_tailed(args.data / "test", order,
-                                                                             test_counts, 0), d))
+    lt_test = balanced if imbalance == 1 else materialize(data / "test", lambda d: link_labeled(
+        long_tailed(args.data / "test", order, test_counts, 0), d))
+    test_counts = [args.balanced_test] * k if imbalance == 1 else test_counts
     true = {c: n / sum(pool_counts) for c, n in zip(order, pool_counts)}
     runs = args.work / "runs" / tag
     runs.mkdir(parents=True, exist_ok=True)

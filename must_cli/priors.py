@@ -71,7 +71,9 @@ def em_prior(probs: torch.Tensor, max_iters: int = EM_MAX_ITERS, tol: float = EM
     class frequencies). Each step re-weights every posterior by the current shares and averages:
     pi_k <- mean_i pi_k p_ik / sum_j pi_j p_ij, which climbs the likelihood of the images under pi.
     The plain average of the probabilities (or of argmax counts) is the first step; it stays
-    pulled toward uniform by every confused image, which EM removes.
+    pulled toward uniform by every confused image, which EM removes. EM may drive a class to
+    zero; no share is left below half an image (1 / 2N), which N images cannot resolve anyway,
+    so the prior stays a valid target and the balance measure stays finite.
     """
     p = probs.double().clamp_min(1e-12)
     pi = torch.full((p.shape[1],), 1.0 / p.shape[1], dtype=torch.float64)
@@ -82,7 +84,8 @@ def em_prior(probs: torch.Tensor, max_iters: int = EM_MAX_ITERS, tol: float = EM
         pi = new
         if done:
             break
-    return pi.float()
+    pi = pi.clamp_min(0.5 / p.shape[0])
+    return (pi / pi.sum()).float()
 
 
 def resolve_prior(spec: str, classnames: Sequence[str],

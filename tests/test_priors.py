@@ -97,3 +97,10 @@ def test_balance_is_normalised_entropy_when_uniform_and_distance_to_prior_otherw
     # A uniform histogram is perfect under a uniform prior but not under a skewed one.
     assert label_balance(torch.tensor([10, 10, 10]), prior) < 0.9
     assert label_balance(torch.tensor([0, 0, 0]), prior) == 0.0
+
+
+def test_em_never_leaves_a_class_without_share():
+    probs = torch.tensor([[0.98, 0.01, 0.01]] * 50)  # every image looks like class 0
+    prior = em_prior(probs)
+    assert prior.min() > 0.009 and math.isclose(prior.sum().item(), 1.0, rel_tol=1e-5)
+    assert 0.0 <= label_balance(torch.tensor([3, 0, 0]), prior) <= 1.0
