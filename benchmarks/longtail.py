@@ -47,8 +47,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preset", default="tiny-images")
     p.add_argument("--adapt-args", default="", help="extra flags for every must adapt run")
     p.add_argument("--device", help="passed to must; default: --device cpu --workers 1")
-    p.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "longtail.json")
-    return p.parse_args(argv)
+    p.add_argument("--json", type=Path, help="default benchmarks/results/longtail[-estimate].json")
+    p.add_argument("--estimate-only", action="store_true",
+                   help="no training: the EM estimate's error and the zero-shot accuracy it gives per setting (minutes)")
+    args = p.parse_args(argv)
+    name = "longtail-estimate.json" if args.estimate_only else "longtail.json"
+    args.json = args.json or REPO / "benchmarks" / "results" / name
+    return args
 
 
 def class_counts(n_classes: int, imbalance: float, n_max: int) -> list[int]:
@@ -85,19 +90,69 @@ def evaluate(folder: Path, test: Path, name: str, inp: tuple, device: list[str],
     return {"top1": 100 * res["top1"], "mean_per_class": 100 * res["mean_per_class"]}
 
 
+def setting_data(imbalance: float, args: argparse.Namespace, order: list[str], balanced: Path
+                 ) -> tuple[Path, Path, list[int], list[int]]:
+    """(unlabeled pool, labeled LT test, pool counts, test counts) of one imbalance, built once."""
+    k = len(order)
+    pool_counts = class_counts(k, imbalance, n_max_for(k, imbalance, args.pool_images))
+    test_counts = class_counts(k, imbalance, args.test_max)
+    data = args.work / "data" / f"if{imbalance:g}"
+    pool = materialize(data / "pool", lambda d: link_flat(long_tailed(args.data / "train", order, pool_counts,
+                                                                        POOL_SKIP), d))
+    if imbalance == 1:
+        return pool, balanced, pool_counts, [args.balanced_test] * k
+    lt_test = materialize(data / "test", lambda d: link_labeled(long_tailed(args.data / "test", order, test_counts, 0), d))
+    return pool, lt_test, pool_counts, test_counts
+
+
+def estimate_setting(imbalance: float, args: argparse.Namespace, inp: tuple, order: list[str],
+                     balanced: Path) -> dict:
+    """Label-free prior estimates on one pool against its true shares, and what the EM prior does to
+    zero-shot accuracy on the matching test set (Saerens et al.'s posterior correction, no training)."""
+    import torch
+
+    from must_cli.evaluate import iter_probs, labeled_images
+    from must_cli.images import scan_images
+    from must_cli.model import build_must_model
+    from must_cli.priors import em_prior, total_variation
+
+    model_spec, classes_file, templates_file = inp
+    classnames = classes_file.read_text().split("\n")[:-1]
+    templates = templates_file.read_text().split("\n")[:-1]
+    cpu = torch.device("cpu")
+    model, pre = build_must_model(model_spec, None, classnames, templates, cpu)
+    pool, test, pool_counts, _ = setting_data(imbalance, args, order, balanced)
+
+    def probs(paths: list[Path]) -> torch.Tensor:
+        out = torch.zeros(len(paths), len(classnames))
+        for idx, p, _ in iter_probs(model, paths, pre, cpu):
+            out[idx] = p
+        return out
+
+    true = torch.zeros(len(classnames))
+    for c, n in zip(order, pool_counts):
+        true[classnames.index(c)] = n / sum(pool_counts)
+    pool_probs = probs(scan_images(pool, lambda m: None)[0])
+    em = em_prior(pool_probs)
+    counts = torch.bincount(pool_probs.argmax(1), minlength=len(classnames)).float()
+    test_paths, labels = labeled_images(test, classnames, lambda m: None)
+    test_probs, labels = probs(test_paths), torch.tensor(labels)
+    return {
+        "imbalance": imbalance, "pool_images": sum(pool_counts), "test_images": len(test_paths),
+        "tv_uniform": total_variation(torch.full_like(true, 1 / len(true)), true),
+        "tv_mean_probability": total_variation(pool_probs.mean(0), true),
+        "tv_argmax_counts": total_variation(counts / counts.sum(), true), "tv_em": total_variation(em, true),
+        "zero_shot_top1": 100 * float((test_probs.argmax(1) == labels).float().mean()),
+        "zero_shot_em_corrected_top1": 100 * float(((test_probs * em).argmax(1) == labels).float().mean()),
+        "em_prior": {c: round(float(s), 4) for c, s in zip(classnames, em)},
+    }
+
+
 def run_setting(imbalance: float, args: argparse.Namespace, inp: tuple, order: list[str], balanced: Path,
                 device: list[str]) -> dict:
     """Zero-shot, then MUST with each prior per seed, on this setting's LT test and the balanced test."""
-    k = len(order)
     tag = f"if{imbalance:g}"
-    pool_counts = class_counts(k, imbalance, n_max_for(k, imbalance, args.pool_images))
-    test_counts = class_counts(k, imbalance, args.test_max)
-    data = args.work / "data" / tag
-    pool = materialize(data / "pool", lambda d: link_flat(long_tailed(args.data / "train", order, pool_counts,
-                                                                        POOL_SKIP), d))
-    lt_test = balanced if imbalance == 1 else materialize(data / "test", lambda d: link_labeled(
-        long_tailed(args.data / "test", order, test_counts, 0), d))
-    test_counts = [args.balanced_test] * k if imbalance == 1 else test_counts
+    pool, lt_test, pool_counts, test_counts = setting_data(imbalance, args, order, balanced)
     true = {c: n / sum(pool_counts) for c, n in zip(order, pool_counts)}
     runs = args.work / "runs" / tag
     runs.mkdir(parents=True, exist_ok=True)
@@ -180,6 +235,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     per_class = args.balanced_test
     balanced = materialize(args.work / "data" / "balanced-test", lambda d: link_labeled(
         long_tailed(args.data / "test", order, [per_class] * len(order), 0), d))
+    if args.estimate_only:
+        rows = [estimate_setting(imbalance, args, inp, order, balanced) for imbalance in args.imbalances]
+        atomic_write_text(args.json, json.dumps({
+            "command": "python benchmarks/longtail.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "class_order": order,
+            "machine": {"platform": platform.platform(), "python": platform.python_version(), "device": "cpu"},
+            "rows": rows}, indent=1) + "\n")
+        for r in rows:
+            print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k != "em_prior"})
+        return
     rows = []
     for imbalance in args.imbalances:
         row = run_setting(imbalance, args, inp, order, balanced, device)
