@@ -111,7 +111,8 @@ def estimate_setting(imbalance: float, args: argparse.Namespace, inp: tuple, ord
     zero-shot accuracy on the matching test set (Saerens et al.'s posterior correction, no training)."""
     import torch
 
-    from must_cli.evaluate import iter_probs, labeled_images
+    from must_cli.evaluate import labeled_images
+    from must_cli.inference import iter_probs
     from must_cli.images import scan_images
     from must_cli.model import build_must_model
     from must_cli.priors import em_prior, total_variation

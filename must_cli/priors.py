@@ -21,6 +21,9 @@ import torch
 from must_cli.classnames import _read_lines
 from must_cli.errors import MustError
 from must_cli.images import display_name
+from must_cli.inference import iter_probs
+from must_cli.model import MustModel, Preprocess
+from must_cli.runtime import Autocast
 
 UNIFORM, ESTIMATE = "uniform", "estimate"
 EM_MAX_ITERS = 1000
@@ -105,6 +108,15 @@ def resolve_prior(spec: str, classnames: Sequence[str],
     return read_prior_file(path, classnames)
 
 
+def zero_shot_probs(model: MustModel, paths: Sequence[Path], pre: Preprocess, device: torch.device, workers: int,
+                    autocast: Autocast) -> torch.Tensor:
+    """Class probabilities (N, K) of the decodable images among ``paths``: what ``estimate`` is computed from."""
+    was_training, origin = model.training, next(model.parameters()).device
+    rows = [probs[ok] for _, probs, ok in iter_probs(model, paths, pre, device, workers=workers, autocast=autocast)]
+    model.to(origin).train(was_training)
+    return torch.cat(rows)
+
+
 def total_variation(p: torch.Tensor, q: torch.Tensor) -> float:
     """Half the L1 distance between two distributions: the share of images that would have to change class."""
     return 0.5 * float((p.double() - q.double()).abs().sum())
@@ -126,11 +138,11 @@ def label_balance(hist: torch.Tensor, prior: torch.Tensor | None = None) -> floa
     return max(0.0, 1.0 - kl / math.log(1.0 / float(pi.min()))) + 0.0  # + 0.0: no -0.0 in logs
 
 
-def describe(prior: torch.Tensor, classnames: Sequence[str], limit: int = 5) -> str:
-    """'cat 0.41, dog 0.22, ...': the largest shares first, for the progress summary."""
-    order = prior.argsort(descending=True).tolist()
-    shown = ", ".join(f"{classnames[k]} {float(prior[k]):.3f}" for k in order[:limit])
-    return shown + (f", ... ({len(order) - limit} more)" if len(order) > limit else "")
+def describe(class_prior: dict, limit: int = 8) -> str:
+    """'estimate: cat 0.410, dog 0.220, ...' from as_metadata's record, largest shares first, for the run summary."""
+    shares = sorted(class_prior["shares"].items(), key=lambda kv: -kv[1])
+    shown = ", ".join(f"{c} {s:.3f}" for c, s in shares[:limit])
+    return f"{class_prior['source']}: {shown}" + (f", ... ({len(shares) - limit} more)" if len(shares) > limit else "")
 
 
 def as_metadata(spec: str, prior: torch.Tensor | None, classnames: Sequence[str]) -> dict:
