@@ -281,7 +281,7 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
     rep = rep or Reporter()
     warn_once = rep.warn if d.is_main else (lambda message: None)  # input warnings: not once per process
 
-    paths, skipped = scan_images(req.images, warn_once)
+    paths, skipped = scan_images(req.images, warn_once, cfg.max_pixels)
     eval_set = labeled_images(req.eval_dir, classnames, warn_once) if req.eval_dir else None
     out, resume_from = open_run(req, d.is_main)
     ckpt_dir = out / "checkpoints"

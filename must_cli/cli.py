@@ -87,6 +87,7 @@ def adapt(
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Folder for that copy (default <output>/cache)."),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto, fp32 or bf16."),
     save_every: Optional[int] = typer.Option(None, "--save-every", help="Checkpoint every N steps."),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Skip images with more pixels (a decompression-bomb guard; default 250,000,000); very large ones are decoded reduced."),
     resume: Optional[str] = typer.Option(
         None, "--resume", metavar="[PATH]",
         help="Continue a stopped run: alone, from the newest checkpoint of --output (or runs/latest); or a checkpoint/run path.",
@@ -106,6 +107,7 @@ def adapt(
         seed=seed, workers=workers, mim=mim, align=align, fairness=fairness, guard=guard, accum_steps=accum_steps,
         grad_checkpointing=grad_checkpointing, compile=compile, precision=precision, save_every=save_every,
         cache=cache, cache_dir=cache_dir,
+        max_pixels=max_pixels,
     )
     cfg = resolve_config(preset, config, overrides)
     if gpus and gpus > 1:
@@ -200,6 +202,7 @@ def predict(
     classes: Optional[Path] = typer.Option(None, "--classes", help="With --zero-shot: one class name per line."),
     pretrained: Optional[str] = typer.Option(None, "--pretrained", help="With --zero-shot: open_clip pretrained tag."),
     templates: Optional[Path] = typer.Option(None, "--templates", help="With --zero-shot: prompt templates file."),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Skip images with more pixels (a decompression-bomb guard; default 250,000,000)."),
 ) -> None:
     """Label a folder of images with an adapted model; optionally write CSV/JSONL or sort into class folders."""
     from rich.table import Table
@@ -209,7 +212,7 @@ def predict(
     from must_cli.progress import Reporter
 
     req = PredictRequest(images, model, output, top_k, sort_into, link, min_confidence, batch_size, workers, device,
-                         zero_shot, classes, pretrained, templates)
+                         zero_shot, classes, pretrained, templates, max_pixels)
     result = run_predict(req, Reporter(err_console))
     if len(result.predictions) <= 50:
         table = Table(*["image", *(f"#{i}" if result.top_k > 1 else "class" for i in range(1, result.top_k + 1))])

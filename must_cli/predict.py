@@ -27,7 +27,8 @@ from must_cli.checkpoint import atomic_write, load_model, preprocess_of
 from must_cli.classnames import read_class_file
 from must_cli.errors import MustError
 from must_cli.evaluate import iter_probs
-from must_cli.images import ImageReadError, display_name, load_rgb, scan_images
+from must_cli.config import PIXEL_CEILING
+from must_cli.images import DEFAULT_MAX_PIXELS, ImageReadError, display_name, load_rgb, scan_images
 from must_cli.model import MustModel, Preprocess, build_zero_shot
 from must_cli.progress import Reporter
 
@@ -59,6 +60,7 @@ class PredictRequest:
     classes: Path | None = None
     pretrained: str | None = None
     templates: Path | None = None
+    max_pixels: int | None = None  # None: MustConfig's default
 
 
 @dataclass
@@ -228,6 +230,16 @@ def _validate(req: PredictRequest) -> None:
                         "an adapted model carries its own classes")
     if req.zero_shot and req.classes is None:
         raise MustError("--zero-shot needs --classes FILE (one class name per line)")
+    if req.sort_into is not None and req.sort_into.resolve() == req.images.resolve():
+        raise MustError(f"--sort-into {display_name(req.sort_into)} is the image folder itself: "
+                        "pick a new folder (a sub-folder is fine: it is left out of the scan)")
+    if req.max_pixels is not None and not 1 <= req.max_pixels <= PIXEL_CEILING:
+        raise MustError(f"--max-pixels {req.max_pixels}: must be between 1 and {PIXEL_CEILING:,}")
+
+
+def _inside(folder: Path, root: Path) -> bool:
+    """Whether ``folder`` (existing or not, links resolved) is ``root`` or lies under it."""
+    return folder.resolve().is_relative_to(root.resolve())
 
 
 def _load(req: PredictRequest, device: torch.device) -> tuple[MustModel, list[str], Preprocess]:
@@ -249,7 +261,10 @@ def run_predict(req: PredictRequest, rep: Reporter | None = None) -> PredictResu
     model, classnames, pre = _load(req, device)
     k = min(req.top_k, len(classnames))
     notes = [f"--top-k {req.top_k} lowered to {k}, the number of classes"] if k < req.top_k else []
-    paths, skipped = scan_images(req.images, rep.warn)
+    paths, skipped = scan_images(req.images, rep.warn, req.max_pixels or DEFAULT_MAX_PIXELS, exclude=req.sort_into)
+    if req.sort_into and _inside(req.sort_into, req.images):
+        notes.append(f"--sort-into {display_name(req.sort_into)} is inside {display_name(req.images)}: "
+                     "left out of the scan, so its copies are never sorted again")
     sorter = Sorter(req.sort_into, classnames, req.link, req.min_confidence) if req.sort_into else None
     predictions: list[Prediction] = []
     failed = 0
