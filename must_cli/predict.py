@@ -25,9 +25,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from must_cli.adapt import autocast_for, default_workers, pick_device
 from must_cli.checkpoint import atomic_write, load_model, preprocess_of
 from must_cli.classnames import read_class_file
+from must_cli.config import PIXEL_CEILING
 from must_cli.errors import MustError
 from must_cli.evaluate import iter_probs
-from must_cli.config import PIXEL_CEILING
 from must_cli.images import DEFAULT_MAX_PIXELS, ImageReadError, display_name, load_rgb, scan_images
 from must_cli.model import MustModel, Preprocess, build_zero_shot
 from must_cli.progress import Reporter
@@ -237,11 +237,6 @@ def _validate(req: PredictRequest) -> None:
         raise MustError(f"--max-pixels {req.max_pixels}: must be between 1 and {PIXEL_CEILING:,}")
 
 
-def _inside(folder: Path, root: Path) -> bool:
-    """Whether ``folder`` (existing or not, links resolved) is ``root`` or lies under it."""
-    return folder.resolve().is_relative_to(root.resolve())
-
-
 def _load(req: PredictRequest, device: torch.device) -> tuple[MustModel, list[str], Preprocess]:
     """The adapted model from its file alone, or plain CLIP with a text-built head for --zero-shot."""
     if req.zero_shot:
@@ -262,7 +257,7 @@ def run_predict(req: PredictRequest, rep: Reporter | None = None) -> PredictResu
     k = min(req.top_k, len(classnames))
     notes = [f"--top-k {req.top_k} lowered to {k}, the number of classes"] if k < req.top_k else []
     paths, skipped = scan_images(req.images, rep.warn, req.max_pixels or DEFAULT_MAX_PIXELS, exclude=req.sort_into)
-    if req.sort_into and _inside(req.sort_into, req.images):
+    if req.sort_into and req.sort_into.resolve().is_relative_to(req.images.resolve()):
         notes.append(f"--sort-into {display_name(req.sort_into)} is inside {display_name(req.images)}: "
                      "left out of the scan, so its copies are never sorted again")
     sorter = Sorter(req.sort_into, classnames, req.link, req.min_confidence) if req.sort_into else None
