@@ -24,7 +24,7 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 )
 """Lower-cased suffixes (with the dot, as `Path.suffix` gives them) of the files we look at."""
 
-DEFAULT_MAX_PIXELS: int = MustConfig.model_fields["max_pixels"].default
+DEFAULT_MAX_PIXELS: int = MustConfig.default("max_pixels")
 LARGE_PIXELS = 89_478_485
 """PIL's own decompression-bomb limit: an image above it is decoded at 1/n of its size, to below it."""
 Image.MAX_IMAGE_PIXELS = PIXEL_CEILING  # PIL's global guard becomes our ceiling; max_pixels is checked per file
