@@ -390,3 +390,17 @@ def test_sort_into_the_image_folder_itself_is_refused(adapted_run, tmp_path):
     one_line_error(invoke("predict", images, "--model", adapted_run, "--sort-into", images / "." ),
                    "is the image folder itself", "pick a new folder")
     assert tree(images) == before
+
+
+def test_max_pixels_flag_reaches_the_scan_of_adapt_and_predict(common, classes_file, adapted_run, tmp_path):
+    """--max-pixels is the documented knob of the bomb guard: 40 x 40 photos over a 1,000-pixel limit are all skipped."""
+    images = make_color_images(tmp_path / "photos", per_class=1)
+    adapt = invoke("adapt", images, "--classes", classes_file, *common["args"], "--max-pixels", 1000,
+                   "--output", tmp_path / "out")
+    one_line_error(adapt, "no readable image in")
+    assert "40 x 40 pixels, over --max-pixels 1,000" in " ".join(adapt.output.split())
+    assert not (tmp_path / "out").exists()
+    predict = invoke("predict", images, "--model", adapted_run, "--max-pixels", 1000, "--workers", 0, "--device", "cpu")
+    one_line_error(predict, "no readable image in")
+    ok = invoke("predict", images, "--model", adapted_run, "--max-pixels", 1600, "--workers", 0, "--device", "cpu")
+    assert ok.exit_code == 0 and "3 images in" in ok.output, ok.output
