@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from must_cli.cache import ResizedCache
 from must_cli.checkpoint import MODEL_FILE, atomic_write_text, save_model
-from must_cli.classnames import IMAGENET_TEMPLATES, read_class_file, read_templates
+from must_cli.classnames import read_class_file, resolve_templates
 from must_cli.config import MustConfig, to_toml
 from must_cli.distributed import Dist, decide_once, finish, init_distributed
 from must_cli.engine import param_groups
@@ -60,7 +60,7 @@ class AdaptResult:
 def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = None) -> AdaptResult:
     """Adapt CLIP to the images with MUST and write model.safetensors into the run folder."""
     classnames = read_class_file(req.classes)
-    templates = read_templates(req.templates) if req.templates else list(IMAGENET_TEMPLATES)
+    templates = resolve_templates(req.templates, cfg.template_set)
     device = pick_device(cfg.device)
     dist = init_distributed(device.type == "cuda")
     if device.type == "cuda" and dist.world > 1:
