@@ -115,6 +115,7 @@ def adapt(
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Folder for that copy (default <output>/cache)."),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto, fp32 or bf16."),
     save_every: Optional[int] = typer.Option(None, "--save-every", help="Checkpoint every N steps."),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Skip images with more pixels (a decompression-bomb guard; default 250,000,000); very large ones are decoded reduced."),
     resume: Optional[str] = typer.Option(
         None, "--resume", metavar="[PATH]",
         help="Continue a stopped run: alone, from the newest checkpoint of --output (or runs/latest); or a checkpoint/run path.",
@@ -129,7 +130,9 @@ def adapt(
     ),
 ) -> None:
     """Adapt CLIP to a folder of unlabeled images and write model.safetensors."""
+    from must_cli.adapt import AdaptRequest, run_adapt
     from must_cli.config import MustConfig, resolve_config
+    from must_cli.progress import Reporter
 
     overrides = {k: v for k, v in locals().items() if k in MustConfig.model_fields}  # flags named like config keys
     cfg = resolve_config(preset, config, overrides)
@@ -137,12 +140,8 @@ def adapt(
         from must_cli.launch import launch_local
 
         raise typer.Exit(launch_local(gpus, cfg.device, ctx.meta["must_args"], session.debug))
-    from must_cli.adapt import AdaptRequest, run_adapt
-    from must_cli.progress import Reporter
-
-    request = AdaptRequest(images=images, classes=classes, templates=templates, output=output, eval_dir=eval_dir,
-                           resume=resume is not None, resume_from=Path(resume) if resume else None,
-                           init_from=init_from, predict=predict)
+    request = AdaptRequest(images, classes, templates, output, eval_dir, resume is not None,
+                           Path(resume) if resume else None, init_from, predict)
     result = run_adapt(request, cfg, Reporter(err_console))
     show_adapt_summary(result, eval_dir is not None)
 
@@ -255,6 +254,7 @@ def predict(
     classes: Optional[Path] = typer.Option(None, "--classes", help="With --zero-shot: one class name per line."),
     pretrained: Optional[str] = typer.Option(None, "--pretrained", help="With --zero-shot: open_clip pretrained tag."),
     templates: Optional[Path] = typer.Option(None, "--templates", help="With --zero-shot: prompt templates file."),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Skip images with more pixels (a decompression-bomb guard; default 250,000,000)."),
 ) -> None:
     """Label a folder of images with an adapted model; optionally write CSV/JSONL or sort into class folders."""
     from rich.table import Table
@@ -264,7 +264,7 @@ def predict(
     from must_cli.progress import Reporter, images_bar
 
     req = PredictRequest(images, model, output, top_k, sort_into, link, min_confidence, batch_size, workers, device,
-                         zero_shot, classes, pretrained, templates)
+                         zero_shot, classes, pretrained, templates, max_pixels)
     with images_bar(err_console, "predict") as advance:
         result = run_predict(req, Reporter(err_console).warn, advance)
     if len(result.predictions) <= 50:
