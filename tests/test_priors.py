@@ -32,10 +32,11 @@ def test_fairness_is_cross_entropy_to_the_prior_and_smallest_at_the_prior():
     assert math.isclose(fairness_loss(p_bar, prior).item(), expected, rel_tol=1e-6)
     logits = torch.zeros(3, requires_grad=True)
     opt = torch.optim.SGD([logits], lr=1.0)
-    for _ in range(500):
-        opt.zero_grad()
-        fairness_loss(logits.softmax(0), prior).backward()
-        opt.step()
+    with torch.enable_grad():  # whatever an earlier test left switched off
+        for _ in range(500):
+            opt.zero_grad()
+            fairness_loss(logits.softmax(0), prior).backward()
+            opt.step()
     assert torch.allclose(logits.softmax(0), prior, atol=1e-3)  # not uniform: the prior
 
 
