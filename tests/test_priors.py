@@ -30,9 +30,10 @@ def test_fairness_is_cross_entropy_to_the_prior_and_smallest_at_the_prior():
     p_bar = torch.tensor([0.5, 0.25, 0.25])
     expected = -(0.7 * math.log(0.5) + 0.2 * math.log(0.25) + 0.1 * math.log(0.25))
     assert math.isclose(fairness_loss(p_bar, prior).item(), expected, rel_tol=1e-6)
-    logits = torch.zeros(3, requires_grad=True)
-    opt = torch.optim.SGD([logits], lr=1.0)
-    with torch.enable_grad():  # whatever an earlier test left switched off
+    # An abandoned inference generator elsewhere in the suite can leave inference mode on in this thread.
+    with torch.inference_mode(False), torch.enable_grad():
+        logits = torch.zeros(3, requires_grad=True)
+        opt = torch.optim.SGD([logits], lr=1.0)
         for _ in range(500):
             opt.zero_grad()
             fairness_loss(logits.softmax(0), prior).backward()
