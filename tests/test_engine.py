@@ -10,7 +10,6 @@ from must_cli.config import MustConfig
 from must_cli.engine import (
     TrainState, cosine_lr, ema_decay, ema_update, must_step, param_groups, pixel_mask, scaled_lr,
 )
-from must_cli.model import MustModel
 
 from helpers import tiny_model
 
