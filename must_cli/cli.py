@@ -15,6 +15,7 @@ from typer.core import TyperCommand
 from must_cli import __version__
 from must_cli.config import AUTO_DEVICE, AUTO_WORKERS, INFERENCE_BATCH, MustConfig, preset_names
 from must_cli.errors import MustError
+from must_cli.progress import Reporter, images_bar
 from must_cli.record import inputs_from_flags
 from must_cli.runs import LATEST_RUN, RUNS_DIR, plan_run
 
@@ -160,7 +161,6 @@ def adapt(
 
         raise typer.Exit(launch_local(gpus, cfg.device, ctx.meta["must_args"], session.debug))
     from must_cli.adapt import AdaptRequest, run_adapt
-    from must_cli.progress import Reporter
 
     request = AdaptRequest(inputs, output, resume is not None, resume_from, overwrite)
     result = run_adapt(request, cfg, Reporter(err_console))
@@ -169,8 +169,6 @@ def adapt(
 
 def show_adapt_summary(result: Any, with_eval: bool) -> None:
     """The per-epoch table (accuracy columns only with --eval-dir) and where the model went, on stdout."""
-    from must_cli.progress import Reporter
-
     columns = ["epoch", "loss", "kept", "balance", "agree"]
     evals = ("zero_shot", "teacher", "student") if with_eval else ()
     rows = []
@@ -205,7 +203,6 @@ def eval_(
 
     from must_cli.checkpoint import atomic_write_text
     from must_cli.evaluate import EvalRequest, run_eval
-    from must_cli.progress import Reporter
 
     req = EvalRequest(images, model, zero_shot, classes, pretrained, templates, batch_size, workers, device)
     res = run_eval(req, Reporter(err_console).warn)
@@ -275,7 +272,6 @@ def predict(
 
     from must_cli.images import display_name
     from must_cli.predict import PredictRequest, run_predict
-    from must_cli.progress import Reporter, images_bar
 
     req = PredictRequest(images, model, output, top_k, sort_into, link, min_confidence, batch_size, workers, device,
                          zero_shot, classes, pretrained, templates)
