@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from must_cli.cache import ResizedCache
 from must_cli.checkpoint import atomic_write_text, save_model
-from must_cli.classnames import IMAGENET_TEMPLATES, read_class_file, read_templates
+from must_cli.classnames import read_class_file, resolve_templates
 from must_cli.config import MustConfig, to_toml
 from must_cli.distributed import Dist, decide_once, finish, init_distributed
 from must_cli.engine import param_groups
@@ -84,7 +84,7 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
     """
     inputs = req.inputs
     classnames = read_class_file(inputs.classes)
-    templates = read_templates(inputs.templates) if inputs.templates else list(IMAGENET_TEMPLATES)
+    templates = resolve_templates(inputs.templates, cfg.template_set)
     cfg = cfg.model_copy(update={"model": absolute_model(cfg.model)})
     device = pick_device(cfg.device)
     dist = init_distributed(device.type == "cuda")
