@@ -94,7 +94,7 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
     if not dist.is_main:
         reporter = SilentReporter(reporter.console)
     warn_once = reporter.warn if dist.is_main else (lambda message: None)  # input warnings: not once per process
-    paths, skipped = scan_images(inputs.images, warn_once)
+    paths, skipped = scan_images(inputs.images, warn_once, cfg.max_pixels)
     labeled = labeled_images(inputs.eval_dir, classnames, warn_once) if inputs.eval_dir else None
     plan = decide_once(dist.is_main, lambda: plan_run(req.output, req.resume, req.resume_from, req.overwrite))
     torch.manual_seed(cfg.seed)  # [MSK], ln_patch and decoder initialisation

@@ -143,6 +143,7 @@ def adapt(
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir", metavar="DIR", help=config_help("cache_dir")),
     precision: Optional[str] = typer.Option(None, "--precision", metavar="NAME", help=config_help("precision")),
     save_every: Optional[int] = typer.Option(None, "--save-every", metavar="N", help=config_help("save_every")),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", metavar="N", help=config_help("max_pixels")),
     keep_checkpoints: Optional[int] = typer.Option(None, "--keep-checkpoints", metavar="N", help=config_help("keep_checkpoints", "checkpoints kept when the run finishes (older ones are deleted; while it runs, the newest 2)")),
     resume: Optional[str] = typer.Option(None, "--resume", metavar="[RUN]", help=f"Continue a stopped run: --resume RUN alone (a run folder or checkpoint), or --output RUN --resume; bare --resume: {LATEST_RUN}. Only --workers and --device may change."),
     gpus: Optional[int] = typer.Option(None, "--gpus", min=1, metavar="N", help="Run N data-parallel processes here via torch.distributed.run (with --device cpu: gloo, for testing)."),
@@ -266,6 +267,7 @@ def predict(
     classes: Optional[Path] = typer.Option(None, "--classes", metavar="FILE", help="With --zero-shot: one class name per line."),
     pretrained: Optional[str] = typer.Option(None, "--pretrained", metavar="TAG", help="With --zero-shot: open_clip pretrained tag."),
     templates: Optional[Path] = typer.Option(None, "--templates", metavar="FILE", help="With --zero-shot: prompt templates file."),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", metavar="N", help=f"Skip images with more pixels (a decompression-bomb guard). [default: {MustConfig.default('max_pixels'):,}]"),
 ) -> None:
     """Label a folder of images with an adapted model; optionally write CSV/JSONL or sort into class folders."""
     from rich.table import Table
@@ -274,7 +276,7 @@ def predict(
     from must_cli.predict import PredictRequest, run_predict
 
     req = PredictRequest(images, model, output, top_k, sort_into, link, min_confidence, batch_size, workers, device,
-                         zero_shot, classes, pretrained, templates)
+                         zero_shot, classes, pretrained, templates, max_pixels)
     with images_bar(err_console, "predict") as advance:
         result = run_predict(req, Reporter(err_console).warn, advance)
     if len(result.predictions) <= 50:

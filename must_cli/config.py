@@ -26,12 +26,16 @@ else:  # pragma: no cover
 AUTO_DEVICE = "auto"  # CUDA when a GPU is visible, else CPU
 AUTO_WORKERS = -1  # the cores this process may use, less one
 INFERENCE_BATCH = 256  # images per forward when only predicting: memory, not accuracy
+PIXEL_CEILING = 1_000_000_000
+"""No image above this many pixels is ever decoded (3 GB as RGB), whatever max_pixels says."""
 
 
 class MustConfig(BaseModel):
     """Hyperparameters of one `must adapt` run (defaults: the paper's ImageNet ViT-B/16 row)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: a TOML `seed = true` or `epochs = "1"` is an error, not a silent coercion (ints still fill
+    # float fields); allow_inf_nan=False: `--lr inf` would otherwise train every weight into NaN.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
     # Backbone
     model: str = Field("ViT-B-16", description="open_clip model name, hf-hub:org/repo or local-dir:PATH")
@@ -82,6 +86,12 @@ class MustConfig(BaseModel):
     eval_every: int = Field(1, ge=1, description="with --eval-dir: evaluate every N epochs")
     save_every: int = Field(500, ge=1, description="write a resumable checkpoint every N optimiser steps")
     keep_checkpoints: int = Field(1, ge=1, description="resumable checkpoints kept once the run finishes (while it runs, at least 2)")
+
+    # Input safety
+    max_pixels: int = Field(
+        250_000_000, ge=1, le=PIXEL_CEILING,
+        description="images with more pixels are skipped as decompression bombs; very large ones below it are decoded reduced",
+    )
 
     @classmethod
     def default(cls, name: str) -> Any:
@@ -143,7 +153,7 @@ def resolve_config(
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(x) for x in err["loc"])
-        raise MustError(f"config value '{where}': {err['msg']}") from None
+        raise MustError(f"config value '{where}' = {err['input']!r}: {err['msg']}") from None
 
 
 def _toml_value(v: Any) -> str:
