@@ -149,7 +149,7 @@ def adapt(
     class_prior: Optional[str] = typer.Option(None, "--class-prior", metavar="PRIOR", help=config_help("class_prior")),
     init_from: Optional[Path] = typer.Option(None, "--init-from", metavar="RUN", help="Warm start from an adapted run (its image tower, [MSK] and decoder); the classifier is rebuilt from text."),
     freeze_classifier: Optional[bool] = typer.Option(None, "--freeze-classifier/--train-classifier", show_default=False, help=config_help("freeze_classifier")),
-    predict: bool = typer.Option(False, "--predict", help="At the end, write RUN/predictions.csv for these images (as `must predict`)."),
+    predict: Optional[bool] = typer.Option(None, "--predict", show_default=False, help="At the end, write RUN/predictions.csv for these images (as `must predict`)."),
     gpus: Optional[int] = typer.Option(None, "--gpus", min=1, metavar="N", help="Run N data-parallel processes here via torch.distributed.run (with --device cpu: gloo, for testing)."),
 ) -> None:
     """Adapt CLIP to a folder of unlabeled images with MUST and write RUN/model.safetensors.
@@ -167,7 +167,7 @@ def adapt(
         raise typer.Exit(launch_local(gpus, cfg.device, ctx.meta["must_args"], session.debug))
     from must_cli.adapt import AdaptRequest, run_adapt
 
-    request = AdaptRequest(inputs, output, resume is not None, resume_from, overwrite, init_from, predict)
+    request = AdaptRequest(inputs, output, resume is not None, resume_from, overwrite, init_from, bool(predict))
     result = run_adapt(request, cfg, Reporter(err_console))
     show_adapt_summary(result, inputs.eval_dir is not None)
 
