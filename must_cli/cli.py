@@ -252,6 +252,21 @@ def export(
                       highlight=False, soft_wrap=True)
 
 
+@app.command()
+@friendly
+def report(
+    run: Path = typer.Argument(..., help="Run folder written by `must adapt`."),
+    images: Optional[Path] = typer.Option(None, "--images", help="The adaptation images (default: what the run recorded)."),
+    eval_dir: Optional[Path] = typer.Option(None, "--eval-dir", help="Labeled folder, one sub-folder per class (default: the run's)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Rebuild RUN/report.html: curves, label changes, example images and a label-free estimate of the gain."""
+    from must_cli.report import build_report
+
+    path = build_report(run, images, eval_dir, device, warn=lambda m: err_console.print(f"[yellow]warning:[/] {escape(m)}"))
+    Console(highlight=False, soft_wrap=True).print(escape(str(path)))
+
+
 def run() -> None:
     """Entry point for `python -m must_cli`."""
     app(prog_name="must")

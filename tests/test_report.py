@@ -1,0 +1,125 @@
+"""report.html: builds for finished, labeled and stopped runs; self-contained, parseable, and its numbers are right."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import shutil
+import signal
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from must_cli.cli import app
+from must_cli.evaluate import EvalRequest, run_eval
+from must_cli.report import build_report
+from must_cli.report_data import RECORD_FILE
+
+SECTIONS = ("1. Summary", "2. Training curves", "3. Pseudo-labels", "4. Zero-shot vs adapted", "5. Example images",
+            "6. Accuracy on the labeled folder", "7. Label-free estimate")
+
+
+class Page(HTMLParser):
+    """Collects what the checks need; fails on tags closed out of order."""
+
+    VOID = {"meta", "img", "br", "link", "input", "hr"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.images: list[str] = []
+        self.urls: list[str] = []
+        self.tags: set[str] = set()
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs["src"])
+        self.urls += [v for k, v in attrs.items() if k in ("href", "src") and v and not v.startswith("data:")]
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        assert self.stack and self.stack.pop() == tag, f"</{tag}> closes {self.stack[-1:]}"
+
+
+def check_page(path: Path) -> tuple[str, Page]:
+    """Parse, decode every image, and find nothing that would reach the network."""
+    text = path.read_text(encoding="utf-8")
+    page = Page()
+    page.feed(text)
+    page.close()
+    assert page.stack == [], page.stack
+    assert not page.urls and not {"script", "link", "iframe"} & page.tags
+    assert not re.search(r"(https?:)?//[a-z0-9]", re.sub(r'src="data:[^"]*"', "", text), re.I)
+    assert page.images
+    for src in page.images:
+        kind, data = re.fullmatch(r"data:image/(png|jpeg);base64,([A-Za-z0-9+/=]+)", src).groups()
+        with Image.open(io.BytesIO(base64.b64decode(data))) as im:
+            im.load()
+            assert im.format == kind.upper() and min(im.size) > 8
+    return text, page
+
+
+def sections(text: str) -> list[str]:
+    return [s for s in SECTIONS if f"<h2>{s}" in text]
+
+
+def measured(text: str, row: str) -> str:
+    """The last cell of a row of the estimate table."""
+    return re.search(rf"<td>{re.escape(row)}</td>.*?</td><td class=\"num\">([^<]+)</td></tr>", text).group(1)
+
+
+@pytest.fixture()
+def run_copy(adapted_run, tmp_path) -> Path:
+    return Path(shutil.copytree(adapted_run, tmp_path / "run"))
+
+
+def test_report_of_a_finished_run_with_a_labeled_folder(run_copy, unlabeled_images, labeled_images):
+    out = build_report(run_copy, images=unlabeled_images, eval_dir=labeled_images, device="cpu")
+    assert out == run_copy / "report.html"
+    text, page = check_page(out)
+    assert sections(text) == list(SECTIONS)
+    # The measured accuracies match `must eval` of the same models on the same folder.
+    adapted = run_eval(EvalRequest(labeled_images, str(run_copy), device="cpu", workers=0), lambda m: None)
+    assert measured(text, "adapted accuracy (%)") == f"{100 * adapted['top1']:.1f}"
+    n_images = len(list(unlabeled_images.iterdir()))
+    assert f"of {n_images:,} sampled images changed label" in text
+    thumbs = [s for s in page.images if s.startswith("data:image/jpeg")]
+    assert 0 < len(thumbs) <= 3 * 6 + 24
+
+
+def test_report_without_images_says_what_is_missing(run_copy):
+    text, _ = check_page(build_report(run_copy, device="cpu"))
+    assert sections(text) == list(SECTIONS[:2])
+    assert "must report RUN --images DIR" in text
+
+
+def test_must_report_uses_the_run_record_and_prints_the_path(run_copy, unlabeled_images):
+    (run_copy / RECORD_FILE).write_text(f'{{"images": "{unlabeled_images}", "status": "finished", "device": "cpu"}}')
+    r = CliRunner().invoke(app, ["report", str(run_copy), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert r.output.strip().endswith(str(run_copy / "report.html"))
+    text, _ = check_page(run_copy / "report.html")
+    assert "5. Example images" in text and "6. Accuracy" not in text
+
+
+def test_must_report_on_a_folder_that_is_not_a_run(tmp_path):
+    r = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert r.exit_code == 1
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and "is not a run folder" in lines[0] and "Traceback" not in r.output
+
+
+def test_report_of_a_stopped_run_uses_its_newest_checkpoint(run_copy, unlabeled_images):
+    (run_copy / "model.safetensors").unlink()
+    (run_copy / "metrics.jsonl").unlink()  # stopped inside the first epoch: only the checkpoint knows anything
+    text, _ = check_page(build_report(run_copy, images=unlabeled_images, device="cpu"))
+    assert "stopped before the end" in text
+    assert re.search(r"the EMA teacher of step-\d+\.pt", text)
+    assert "7. Label-free estimate" in text
