@@ -21,7 +21,7 @@ from must_cli.checkpoint import atomic_write_text
 from must_cli.config import MustConfig, load_preset
 from must_cli.estimate import Estimate
 from must_cli.images import ImageReadError, display_name, load_rgb
-from must_cli.report_data import ReportData, compute, read_run
+from must_cli.report_data import ReportData, compute, read_run, write_record
 from must_cli import report_plots as plots
 
 REPORT_FILE = "report.html"
@@ -54,12 +54,12 @@ def section(title: str, how_to_read: str, body: str) -> str:
     return f'<section><h2>{esc(title)}</h2><p class="read">{esc(how_to_read)}</p>{body}</section>'
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+def table(headers: Sequence[str] | None, rows: Sequence[Sequence[object]]) -> str:
+    head = "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in headers) + "</tr>" if headers else ""
     body = "".join("<tr>" + "".join(
         f'<td class="num">{esc(c)}</td>' if isinstance(c, (int, float)) or str(c)[:1] in "+-0123456789"
         else f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f"<table>{head}{body}</table>"
 
 
 def img(uri: str, alt: str) -> str:
@@ -118,7 +118,7 @@ def summary(d: ReportData) -> str:
         ("device", rec.get("device", "unknown")),
         ("tool version", rec.get("must_cli_version") or run.meta.get("must_cli_version", "unknown")),
     ]
-    return section("1. Summary", "What was run, on which images and model, and how it ended.", table(["", ""], rows))
+    return section("1. Summary", "What was run, on which images and model, and how it ended.", table(None, rows))
 
 
 def training(d: ReportData) -> str:
@@ -295,3 +295,18 @@ def build_report(run_dir: Path, images: Path | None = None, eval_dir: Path | Non
     out = run_dir / REPORT_FILE
     atomic_write_text(out, page)
     return out
+
+
+def report_after_run(run_dir: Path, record: dict, device: str, workers: int, warn: Callable[[str], None]) -> Path | None:
+    """`must adapt`'s last act, however the run ended: store what only the run knows, then write the report.
+
+    A report that cannot be written must neither fail a good run nor hide why a run stopped,
+    so any error becomes one warning that says how to retry.
+    """
+    try:
+        write_record(run_dir, record)
+        return build_report(run_dir, device=device, workers=workers, warn=warn)
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        warn(f"{run_dir / REPORT_FILE} not written ({' '.join(str(e).split())[:160]}): "
+             f"rebuild it with `must report {run_dir}`")
+        return None

@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 MAX_BARS = 40  # classes a bar chart labels one by one; above this, a sorted or scatter view
 MAX_MATRIX = 20  # rows and columns of a drawn matrix
@@ -51,14 +52,16 @@ def curves(metrics: Sequence[dict]) -> str:
     for ax, title in zip(axes, ("losses (lower is better)", "share of images", "learning rate", "accuracy (labeled folder)")):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if evals:
         for name, color in (("zero_shot", ZERO_SHOT), ("teacher", ADAPTED), ("student", "#e07b00")):
             pts = [(m["epoch"], m["eval"][name]["top1"]) for m in evals if name in m["eval"]]
             if pts:
                 axes[3].plot(*zip(*pts), marker="o", color=color, label=name.replace("_", "-"))
+        axes[3].set_ylim(0, 1.02)
         axes[3].legend(fontsize=8)
     for ax in axes[:2]:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, framealpha=0.6)
     return data_uri(fig)
 
 
@@ -79,6 +82,7 @@ def class_counts(start: np.ndarray, end: np.ndarray, classnames: Sequence[str], 
         ax.plot(start[order], color=ZERO_SHOT, label=start_label)
         ax.plot(end[order], color=ADAPTED, lw=0.8, label=end_label)
         ax.set_xlabel(f"{k} classes, sorted by the {start_label} count")
+    ax.set_ylim(bottom=0)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=9)
     return data_uri(fig)

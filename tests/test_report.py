@@ -123,3 +123,29 @@ def test_report_of_a_stopped_run_uses_its_newest_checkpoint(run_copy, unlabeled_
     assert "stopped before the end" in text
     assert re.search(r"the EMA teacher of step-\d+\.pt", text)
     assert "7. Label-free estimate" in text
+
+
+def test_tensorboard_log_writes_every_scalar(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from must_cli.tensorboard_log import TensorBoardLog
+
+    log = TensorBoardLog(tmp_path / "tb")
+    log.write({"epoch": 1, "step": 3, "loss": 2.5, "kept": 0.4, "eval": {"teacher": {"top1": 0.75}}})
+    log.close()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert {"train/loss", "train/kept", "train/step", "eval/teacher_top1"} <= set(events.Tags()["scalars"])
+    assert events.Scalars("eval/teacher_top1")[0].value == pytest.approx(0.75)
+
+
+def test_tensorboard_missing_is_a_one_line_error(tmp_path, monkeypatch):
+    import sys
+
+    from must_cli.errors import MustError
+    from must_cli.tensorboard_log import TensorBoardLog
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import now raises ImportError
+    with pytest.raises(MustError, match=r"tensorboard is not installed: pip install tensorboard"):
+        TensorBoardLog(tmp_path / "tb")
