@@ -60,6 +60,8 @@ class ViewImages(Dataset):
         except ImageReadError:
             blank = torch.zeros(3, self.size, self.size)
             return blank, blank.expand(self.views, -1, -1, -1).clone(), index, False
+        if not self.views:  # labels only
+            return self.plain(image), torch.empty(0, 3, self.size, self.size), index, True
         with _seeded(sample_seed(self.seed, index)):
             views = torch.stack([self.augment(image) for _ in range(self.views)])
         return self.plain(image), views, index, True
@@ -81,7 +83,7 @@ def predict_views(models: Mapping[str, MustModel], paths: Sequence[Path], pre: P
                   views: int = AUGMENTED_VIEWS, batch_size: int = 128, workers: int = 0,
                   autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
                   ) -> dict[str, ViewPredictions]:
-    """Run every model on the test view and ``views`` augmented views of each image, batch by batch."""
+    """Run every model on the test view and ``views`` augmented views (0: none) of each image, batch by batch."""
     n = len(paths)
     out = {name: ViewPredictions(np.full(n, -1), np.zeros(n, np.float32), np.full((n, views), -1))
            for name in models}

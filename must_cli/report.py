@@ -21,6 +21,7 @@ from must_cli.checkpoint import atomic_write_text
 from must_cli.config import MustConfig, load_preset
 from must_cli.estimate import Estimate
 from must_cli.images import ImageReadError, display_name, load_rgb
+from must_cli.model import MustModel
 from must_cli.report_data import ReportData, compute, read_run, write_record
 from must_cli import report_plots as plots
 
@@ -268,7 +269,8 @@ def estimate(d: ReportData) -> str:
 
 
 def build_report(run_dir: Path, images: Path | None = None, eval_dir: Path | None = None, device: str = "auto",
-                 workers: int = 0, warn: Callable[[str], None] = lambda message: None) -> Path:
+                 workers: int = 0, warn: Callable[[str], None] = lambda message: None,
+                 zero_shot: MustModel | None = None) -> Path:
     """Write ``run_dir/report.html`` and return its path; --images/--eval-dir default to what the run recorded."""
     from must_cli.adapt import pick_device  # adapt imports this module
 
@@ -276,7 +278,7 @@ def build_report(run_dir: Path, images: Path | None = None, eval_dir: Path | Non
     run = read_run(run_dir)
     images = images or (Path(run.record["images"]) if run.record.get("images") else None)
     eval_dir = eval_dir or (Path(run.record["eval_dir"]) if run.record.get("eval_dir") else None)
-    d = compute(run, images, eval_dir, pick_device(device), workers, warn)
+    d = compute(run, images, eval_dir, pick_device(device), workers, warn, zero_shot)
     parts = [summary(d), training(d)]
     if d.adapted is not None:
         parts += [pseudo_labels(d), flips(d), thumbnails(d)]
@@ -297,7 +299,8 @@ def build_report(run_dir: Path, images: Path | None = None, eval_dir: Path | Non
     return out
 
 
-def report_after_run(run_dir: Path, record: dict, device: str, workers: int, warn: Callable[[str], None]) -> Path | None:
+def report_after_run(run_dir: Path, record: dict, device: str, workers: int, warn: Callable[[str], None],
+                     zero_shot: MustModel | None = None) -> Path | None:
     """`must adapt`'s last act, however the run ended: store what only the run knows, then write the report.
 
     A report that cannot be written must neither fail a good run nor hide why a run stopped,
@@ -305,7 +308,7 @@ def report_after_run(run_dir: Path, record: dict, device: str, workers: int, war
     """
     try:
         write_record(run_dir, record)
-        return build_report(run_dir, device=device, workers=workers, warn=warn)
+        return build_report(run_dir, device=device, workers=workers, warn=warn, zero_shot=zero_shot)
     except Exception as e:  # noqa: BLE001 - see the docstring
         warn(f"{run_dir / REPORT_FILE} not written ({' '.join(str(e).split())[:160]}): "
              f"rebuild it with `must report {run_dir}`")

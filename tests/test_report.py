@@ -149,3 +149,32 @@ def test_tensorboard_missing_is_a_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import now raises ImportError
     with pytest.raises(MustError, match=r"tensorboard is not installed: pip install tensorboard"):
         TensorBoardLog(tmp_path / "tb")
+
+
+def test_sections_stay_compact_for_1000_classes(tmp_path):
+    """Many classes: per-class figures switch form, matrices keep to the top classes, tables to the top rows."""
+    import time
+
+    import numpy as np
+
+    from must_cli.estimate import ViewPredictions
+    from must_cli.report import accuracy, flips, pseudo_labels
+    from must_cli.report_data import Labeled, ReportData, RunFolder
+
+    k, n = 1000, 2000
+    rng = np.random.default_rng(0)
+
+    def preds(labels: np.ndarray) -> ViewPredictions:
+        return ViewPredictions(labels, rng.uniform(0.2, 1.0, n).astype(np.float32), np.stack([labels, labels], 1))
+
+    zs = rng.integers(0, k, n)
+    ad = np.where(rng.uniform(size=n) < 0.3, rng.integers(0, k, n), zs)
+    run = RunFolder(tmp_path, [], {"threshold": 0.7}, [f"class {i}" for i in range(k)], [], {})
+    d = ReportData(run, "test", tmp_path, [tmp_path / f"{i}.jpg" for i in range(n)], n, preds(zs), preds(ad))
+    d.labeled = Labeled(tmp_path, zs, preds(zs), preds(ad))
+    start = time.perf_counter()
+    html = pseudo_labels(d) + flips(d) + accuracy(d)
+    assert time.perf_counter() - start < 30
+    assert html.count("<tr>") <= 3 * 13 + 3  # top-N tables, not one row per class or pair
+    assert len(html) < 2_000_000
+    assert "the 20 classes most involved in changes" in html
