@@ -31,8 +31,8 @@ from torchvision import transforms as T
 
 from must_cli import views
 from must_cli.config import MustConfig
-from must_cli.engine import TrainState, param_groups, train_epoch
-from must_cli.evaluate import predict_labels
+from must_cli.engine import METRIC_NAMES, TrainState, param_groups, train_epoch
+from must_cli.inference import predict_labels
 from must_cli.images import discover_images
 from must_cli.masking import MaskGenerator, resolve_mask_patch_size
 from must_cli.model import Preprocess, build_must_model
@@ -95,7 +95,8 @@ def main() -> None:
     model.mask_token.requires_grad_(use_masks)
     model.classifier.requires_grad_(not a.freeze_cls)
     teacher = copy.deepcopy(model).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.layer_decay), lr=a.lr)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.layer_decay), lr=a.lr,
+                                  betas=(cfg.adam_beta1, cfg.adam_beta2))
     sampler = views.EpochSampler(len(pool), cfg.seed)
     loader = DataLoader(views.TrainViews(pool, pre, masks, cfg.seed), batch_size=a.bs, sampler=sampler,
                         num_workers=1, drop_last=True, persistent_workers=True)
@@ -114,8 +115,9 @@ def main() -> None:
 
     def on_step(st: TrainState, m: torch.Tensor, h: torch.Tensor, lr: float) -> bool:
         if st.step % a.eval_every == 0 or st.step == total:
-            n = m[-1].item()
-            row = (st.step, accuracy(teacher), accuracy(model), round(m[5].item() / n, 2), round(m[6].item() / n, 2))
+            sums = dict(zip(METRIC_NAMES, m.tolist()))
+            n = sums["images"]
+            row = (st.step, accuracy(teacher), accuracy(model), round(sums["kept"] / n, 2), round(sums["agree"] / n, 2))
             rows.append(row)
             print(a.name, row, round(time.time() - start), flush=True)
         return False

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from must_cli.engine import param_groups
-from must_cli.evaluate import predict_labels
+from must_cli.inference import predict_labels
 from must_cli.model import build_must_model
 
 

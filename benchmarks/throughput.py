@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from must_cli.adapt import autocast_for, compile_for_training, default_workers
+from must_cli.runtime import autocast_for, compile_for_training, default_workers
 from must_cli.cache import ResizedCache
 from must_cli.config import MustConfig
 from must_cli.engine import TrainState, must_step, param_groups, train_epoch

@@ -21,6 +21,7 @@ from safetensors import safe_open
 from must_cli import __version__
 from must_cli.errors import MustError
 from must_cli.model import MustModel, Preprocess, build_visual
+from must_cli.runs import checkpoint_path, list_checkpoints
 
 MODEL_FORMAT = "must-cli/1"
 MODEL_FILE = "model.safetensors"
@@ -32,17 +33,18 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], None], retry: str = "run the command again") -> None:
     """Run ``write(tmp)`` then fsync and rename tmp over ``path``; on any failure remove tmp, keep the old file.
 
     A full disk (or any other OS error) becomes a one-line MustError naming the file; the
     file gets the usual permissions (mkstemp's are owner-only) so a shared model can be read.
+    ``retry`` tells the user how to carry on once space is freed.
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise _write_error(path, e) from None
+        raise _write_error(path, e, retry) from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -54,13 +56,13 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException as e:
         tmp.unlink(missing_ok=True)
         if isinstance(e, OSError):
-            raise _write_error(path, e) from None
+            raise _write_error(path, e, retry) from None
         raise
 
 
-def _write_error(path: Path, e: OSError) -> MustError:
+def _write_error(path: Path, e: OSError, retry: str) -> MustError:
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return MustError(f"disk full while writing {path}: free space and resume with --resume")
+        return MustError(f"disk full while writing {path}: free space and {retry}")
     return MustError(f"cannot write {path} ({e.strerror or e}): check the folder's permissions and free space")
 
 
@@ -139,14 +141,6 @@ def preprocess_of(meta: dict[str, Any]) -> Preprocess:
 # ---------------------------------------------------------------- resumable training checkpoints
 
 
-def checkpoint_path(folder: Path, step: int) -> Path:
-    return folder / f"step-{step:08d}.pt"
-
-
-def list_checkpoints(folder: Path) -> list[Path]:
-    return sorted(folder.glob("step-*.pt")) if folder.is_dir() else []
-
-
 def save_checkpoint(folder: Path, step: int, payload: dict[str, Any], keep: int) -> Path:
     """Atomically write a training checkpoint, then prune to the newest ``keep`` and drop temp files a kill left."""
     path = checkpoint_path(folder, step)
@@ -155,7 +149,7 @@ def save_checkpoint(folder: Path, step: int, payload: dict[str, Any], keep: int)
         with open(tmp, "wb") as f:  # a file object, so a full disk raises OSError(ENOSPC), not an opaque RuntimeError
             torch.save(payload, f)
 
-    atomic_write(path, write)
+    atomic_write(path, write, retry="resume with --resume")
     for old in [*list_checkpoints(folder)[:-keep], *folder.glob(".step-*.pt.*.tmp")]:
         old.unlink(missing_ok=True)
     return path

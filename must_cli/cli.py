@@ -3,43 +3,56 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
-from typer.core import TyperCommand
 from rich.markup import escape
+from typer.core import TyperCommand
 
+from must_cli.config import AUTO_DEVICE, AUTO_WORKERS, INFERENCE_BATCH
 from must_cli.errors import MustError
+from must_cli.runs import LATEST_RUN
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
     help="Adapt a pretrained CLIP to your own unlabeled images with MUST, then predict and export.",
 )
 err_console = Console(stderr=True)
-_debug = {"on": False}
+RESUME_OWN_RUN = ""  # the value of a bare --resume: continue the run in --output (or the newest run)
+
+
+@dataclass
+class Session:
+    """Options given before the command, for every command of this process."""
+
+    debug: bool = False  # keep tracebacks instead of one-line errors
+
+
+session = Session()
 
 
 @app.callback()
 def main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors.")) -> None:
-    _debug["on"] = debug
+    session.debug = debug
 
 
-def friendly(fn: Callable) -> Callable:
+def one_line_errors(fn: Callable) -> Callable:
     """Turn MustError (and Ctrl-C) into one red line and exit code 1/130, unless --debug."""
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except MustError as e:
-            if _debug["on"]:
+            if session.debug:
                 raise
             err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
-            if _debug["on"]:
+            if session.debug:
                 raise
             err_console.print("[bold red]interrupted[/]")
             raise typer.Exit(130) from None
@@ -47,18 +60,31 @@ def friendly(fn: Callable) -> Callable:
     return wrapper
 
 
+def optional_resume(args: list[str]) -> list[str]:
+    """Spell a bare ``--resume`` (last, or followed by another option) as ``--resume=`` (RESUME_OWN_RUN).
+
+    Typer has no option with an optional value; this gives ``--resume`` and ``--resume PATH``
+    both meanings. A path that starts with '-' needs ``--resume=PATH``.
+    """
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg == "--":
+            break
+        if arg == "--resume" and (i + 1 == len(out) or out[i + 1].startswith("-")):
+            out[i] = f"--resume={RESUME_OWN_RUN}"
+    return out
+
+
 class AdaptCommand(TyperCommand):
     """Lets ``--resume`` stand alone or take a path, and keeps the raw arguments for ``--gpus``."""
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
-        from must_cli.launch import optional_resume
-
         ctx.meta["must_args"] = list(args)
         return super().parse_args(ctx, optional_resume(args))
 
 
 @app.command(cls=AdaptCommand)
-@friendly
+@one_line_errors
 def adapt(
     ctx: typer.Context,
     images: Path = typer.Argument(..., help="Folder of unlabeled images (searched recursively)."),
@@ -71,7 +97,9 @@ def adapt(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder (default runs/<timestamp>)."),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per step per process."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Base learning rate per 256 images (scaled by the global batch)."),
+    base_lr: Optional[float] = typer.Option(
+        None, "--base-lr", "--lr",
+        help="Learning rate per 256 images (config base_lr); the run uses base_lr x global batch / 256."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     eval_dir: Optional[Path] = typer.Option(None, "--eval-dir", help="Optional labeled folder (one sub-folder per class) to track accuracy."),
@@ -102,7 +130,7 @@ def adapt(
     from must_cli.progress import Reporter
 
     overrides = dict(
-        model=model, pretrained=pretrained, epochs=epochs, batch_size=batch_size, base_lr=lr, device=device,
+        model=model, pretrained=pretrained, epochs=epochs, batch_size=batch_size, base_lr=base_lr, device=device,
         seed=seed, workers=workers, mim=mim, align=align, fairness=fairness, guard=guard, accum_steps=accum_steps,
         grad_checkpointing=grad_checkpointing, compile=compile, precision=precision, save_every=save_every,
         cache=cache, cache_dir=cache_dir,
@@ -111,25 +139,45 @@ def adapt(
     if gpus and gpus > 1:
         from must_cli.launch import launch_local
 
-        raise typer.Exit(launch_local(gpus, cfg.device, ctx.meta["must_args"], _debug["on"]))
-    request = AdaptRequest(images=images, classes=classes, templates=templates, output=output,
-                           eval_dir=eval_dir, resume=resume)
-    run_adapt(request, cfg, Reporter(err_console))
+        raise typer.Exit(launch_local(gpus, cfg.device, ctx.meta["must_args"], session.debug))
+    request = AdaptRequest(images=images, classes=classes, templates=templates, output=output, eval_dir=eval_dir,
+                           resume=resume is not None, resume_from=Path(resume) if resume else None)
+    result = run_adapt(request, cfg, Reporter(err_console))
+    show_adapt_summary(result, eval_dir is not None)
+
+
+def show_adapt_summary(result: Any, with_eval: bool) -> None:
+    """The per-epoch table (accuracy columns only with --eval-dir) and where the model went, on stdout."""
+    from must_cli.progress import Reporter
+
+    columns = ["epoch", "loss", "kept", "balance", "agree"]
+    evals = ("zero_shot", "teacher", "student") if with_eval else ()
+    rows = []
+    for r in result.metrics:
+        ev = r.get("eval", {})
+        rows.append([r["epoch"], *(r.get(c, "") for c in columns[1:]),
+                     *(f"{ev[k]['top1']:.4f}" if k in ev else "" for k in evals)])
+    if result.skipped:
+        Reporter(err_console).warn(f"{result.skipped} unreadable file(s) were skipped (listed above)")
+    out = Reporter(Console())
+    out.table("must adapt", columns + [f"{k.replace('_', '-')} top-1" for k in evals], rows)
+    out.info(f"model written to {result.model_file}" + (" (zero-shot kept by the guard)" if result.guard_note
+                                                          else " (EMA teacher)"))
 
 
 @app.command("eval")
-@friendly
+@one_line_errors
 def eval_(
     images: Path = typer.Argument(..., help="Labeled folder: one sub-folder of images per class, named like the class."),
-    model: Optional[str] = typer.Option(None, "--model", help="Run folder or .safetensors (default runs/latest); with --zero-shot an open_clip spec."),
+    model: Optional[str] = typer.Option(None, "--model", help=f"Run folder or .safetensors (default {LATEST_RUN}); with --zero-shot an open_clip spec."),
     zero_shot: bool = typer.Option(False, "--zero-shot", help="Evaluate plain CLIP (--model, --classes) instead of an adapted model."),
     classes: Optional[Path] = typer.Option(None, "--classes", help="With --zero-shot: text file, one class name per line."),
     pretrained: Optional[str] = typer.Option(None, "--pretrained", help="With --zero-shot: open_clip pretrained tag (default openai)."),
     templates: Optional[Path] = typer.Option(None, "--templates", help="With --zero-shot: prompt templates, one per line with '{}'."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also write every number to this JSON file."),
-    batch_size: int = typer.Option(256, "--batch-size", min=1),
-    workers: int = typer.Option(-1, "--workers", help="Data loading processes (default: the cores, less one)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    batch_size: int = typer.Option(INFERENCE_BATCH, "--batch-size", min=1, help="Images per forward pass."),
+    workers: int = typer.Option(AUTO_WORKERS, "--workers", help="Data loading processes (-1: the cores, less one)."),
+    device: str = typer.Option(AUTO_DEVICE, "--device", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Measure accuracy on labeled images: top-1, mean per class, per-class recall, most confused pairs."""
     import json
@@ -153,7 +201,7 @@ def eval_(
 
 
 @app.command("init")
-@friendly
+@one_line_errors
 def init(
     directory: Path = typer.Argument(Path("."), help="Folder to write must.toml and classes.txt into."),
     images: Optional[Path] = typer.Option(None, "--images", help="Survey this image folder and suggest a preset."),
@@ -184,18 +232,18 @@ def init(
 
 
 @app.command()
-@friendly
+@one_line_errors
 def predict(
     images: Path = typer.Argument(..., help="Folder of images to classify (searched recursively)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Run folder or model.safetensors (default runs/latest); with --zero-shot an open_clip spec."),
+    model: Optional[str] = typer.Option(None, "--model", help=f"Run folder or model.safetensors (default {LATEST_RUN}); with --zero-shot an open_clip spec."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write predictions to a .csv or .jsonl file."),
     top_k: int = typer.Option(1, "--top-k", help="Labels (with probabilities) per image."),
     sort_into: Optional[Path] = typer.Option(None, "--sort-into", help="Copy each image into DIR/<predicted class>/."),
     link: Optional[str] = typer.Option(None, "--link", help="hard or sym: link into --sort-into instead of copying."),
     min_confidence: Optional[float] = typer.Option(None, "--min-confidence", help="Top-1 probability below this goes to DIR/_uncertain/."),
-    batch_size: int = typer.Option(256, "--batch-size"),
-    workers: int = typer.Option(-1, "--workers", help="Data loading processes (default: the cores, less one)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    batch_size: int = typer.Option(INFERENCE_BATCH, "--batch-size", help="Images per forward pass."),
+    workers: int = typer.Option(AUTO_WORKERS, "--workers", help="Data loading processes (-1: the cores, less one)."),
+    device: str = typer.Option(AUTO_DEVICE, "--device", help="auto, cpu, cuda or cuda:N."),
     zero_shot: bool = typer.Option(False, "--zero-shot", help="Predict with plain CLIP (--model spec, --classes) to compare."),
     classes: Optional[Path] = typer.Option(None, "--classes", help="With --zero-shot: one class name per line."),
     pretrained: Optional[str] = typer.Option(None, "--pretrained", help="With --zero-shot: open_clip pretrained tag."),
@@ -206,11 +254,12 @@ def predict(
 
     from must_cli.images import display_name
     from must_cli.predict import PredictRequest, run_predict
-    from must_cli.progress import Reporter
+    from must_cli.progress import Reporter, images_bar
 
     req = PredictRequest(images, model, output, top_k, sort_into, link, min_confidence, batch_size, workers, device,
                          zero_shot, classes, pretrained, templates)
-    result = run_predict(req, Reporter(err_console))
+    with images_bar(err_console, "predict") as advance:
+        result = run_predict(req, Reporter(err_console).warn, advance)
     if len(result.predictions) <= 50:
         table = Table(*["image", *(f"#{i}" if result.top_k > 1 else "class" for i in range(1, result.top_k + 1))])
         for p in result.predictions:
@@ -232,9 +281,9 @@ def predict(
 
 
 @app.command()
-@friendly
+@one_line_errors
 def export(
-    model: str = typer.Option("runs/latest", "--model", help="Run folder or model.safetensors."),
+    model: Optional[str] = typer.Option(None, "--model", help=f"Run folder or model.safetensors (default {LATEST_RUN})."),
     format: str = typer.Option(..., "--format", help="onnx or torchscript."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Default: model.onnx / model.torchscript.pt next to the model."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset (18 or higher)."),
@@ -243,8 +292,9 @@ def export(
 ) -> None:
     """Export image tower + classifier as one ONNX or TorchScript graph (pixel_values -> logits, probabilities)."""
     from must_cli.export import run_export
+    from must_cli.runs import model_path
 
-    r = run_export(Path(model), format, output, opset, fp16, verify)
+    r = run_export(model_path(model), format, output, opset, fp16, verify)
     check = (f"max |probability difference| vs PyTorch fp32 {r.max_diff:.1e} (tolerance {r.tolerance:g})"
              if r.max_diff is not None else "not verified (--no-verify)")
     err_console.print(escape(f"wrote {r.path} ({r.format}{', fp16' if r.fp16 else ''}"

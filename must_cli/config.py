@@ -22,6 +22,12 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+# ---- runtime defaults shared by adapt (below), eval and predict (arch)
+AUTO_DEVICE = "auto"  # CUDA when a GPU is visible, else CPU
+AUTO_WORKERS = -1  # the cores this process may use, less one
+INFERENCE_BATCH = 256  # images per forward when only predicting: memory, not accuracy
+
+
 class MustConfig(BaseModel):
     """Hyperparameters of one `must adapt` run (defaults: the paper's ImageNet ViT-B/16 row)."""
 
@@ -35,10 +41,12 @@ class MustConfig(BaseModel):
     epochs: int = Field(30, ge=1, description="passes over the unlabeled images")
     batch_size: int = Field(64, ge=2, description="images per step per process (global batch = this x processes x accum_steps)")
     accum_steps: int = Field(1, ge=1, description="gradient accumulation steps per optimiser step")
-    base_lr: float = Field(2e-5, gt=0, description="learning rate per 256 images; lr = base_lr x global batch / 256")
+    base_lr: float = Field(2e-5, gt=0, description="learning rate per 256 images (--base-lr/--lr); the run's peak lr = base_lr x global batch / 256")
     min_lr: float = Field(1e-6, ge=0, description="cosine floor per 256 images, scaled like base_lr")
     weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay (never on norms, biases, tokens)")
     layer_decay: float = Field(0.65, gt=0, le=1, description="layer-wise lr decay: block i of L gets layer_decay^(L-i)")
+    adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1 (first-moment decay)")
+    adam_beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2 (second-moment decay)")
 
     # Self-training
     threshold: float = Field(0.7, gt=0, lt=1, description="pseudo-label confidence threshold tau, at the model's own logit scale")
@@ -58,11 +66,12 @@ class MustConfig(BaseModel):
 
     # Safety net
     guard: bool = Field(True, description="keep the zero-shot classifier if the adapted model collapses (label-free check)")
+    guard_min_balance: float = Field(0.5, gt=0, le=1, description="collapse: adapted prediction balance below this fraction of zero-shot's")
 
     # Runtime
     seed: int = Field(0, description="random seed for shuffling, augmentation and masks")
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
-    workers: int = Field(-1, ge=-1, description="DataLoader worker processes (-1: the cores, split among local processes, less one)")
+    device: str = Field(AUTO_DEVICE, description="auto, cpu, cuda or cuda:N")
+    workers: int = Field(AUTO_WORKERS, ge=-1, description="DataLoader worker processes (-1: the cores, split among local processes, less one)")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
     compile: bool = Field(True, description="torch.compile the student and teacher on CUDA (ignored on CPU)")
     grad_checkpointing: bool = Field(False, description="trade compute for memory in the transformer blocks")
@@ -71,6 +80,11 @@ class MustConfig(BaseModel):
     eval_every: int = Field(1, ge=1, description="with --eval-dir: evaluate every N epochs")
     save_every: int = Field(500, ge=1, description="write a resumable checkpoint every N optimiser steps")
     keep_checkpoints: int = Field(2, ge=1, description="resumable checkpoints to keep")
+
+    @classmethod
+    def default(cls, name: str) -> Any:
+        """One field's default, for commands (eval, predict) that fall back to adapt's choice."""
+        return cls.model_fields[name].default
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
-from torch.utils.data import DataLoader
 
 from must_cli.checkpoint import load_model, preprocess_of, read_metadata
 from must_cli.classnames import read_class_file
-from must_cli.config import MustConfig
+from must_cli.config import AUTO_DEVICE, AUTO_WORKERS, INFERENCE_BATCH, MustConfig
 from must_cli.errors import MustError
 from must_cli.images import display_name, scan_images
+from must_cli.inference import predict_labels
 from must_cli.model import MustModel, Preprocess, build_zero_shot
-from must_cli.views import FolderImages
+from must_cli.runs import model_path
+from must_cli.runtime import Autocast, autocast_for, default_workers, pick_device
 
 
 def normalize_name(name: str) -> str:
@@ -48,31 +48,6 @@ def labeled_images(root: Path, classnames: Sequence[str], warn: Callable[[str], 
     if not paths:
         raise MustError(f"{root}: no readable image in any class folder")
     return paths, [index[normalize_name(p.relative_to(root).parts[0])] for p in paths]
-
-
-def iter_probs(
-    model: MustModel, paths: Sequence[Path], pre: Preprocess, device: torch.device, batch_size: int = 256,
-    workers: int = 0, autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield (indices, class probabilities, decoded-ok flags) batch by batch, never holding all images."""
-    loader = DataLoader(
-        FolderImages(paths, pre), batch_size=batch_size, num_workers=workers,
-        pin_memory=device.type == "cuda", persistent_workers=False,
-    )
-    model = model.to(device).eval()
-    with torch.inference_mode():
-        for images, indices, ok in loader:
-            with autocast():
-                logits = model(images.to(device, non_blocking=True))
-            yield indices, logits.float().softmax(dim=1).cpu(), ok
-
-
-def predict_labels(model: MustModel, paths: Sequence[Path], pre: Preprocess, device: torch.device, **kw) -> torch.Tensor:
-    """Top-1 class per image (-1 where the image could not be decoded)."""
-    preds = torch.full((len(paths),), -1, dtype=torch.long)
-    for idx, probs, ok in iter_probs(model, paths, pre, device, **kw):
-        preds[idx[ok]] = probs[ok].argmax(dim=1)
-    return preds
 
 
 def accuracy_report(preds: torch.Tensor, labels: torch.Tensor, classnames: Sequence[str], top_confusions: int = 5) -> dict:
@@ -110,14 +85,14 @@ class EvalRequest:
     """What `must eval` measures: an adapted model file, or plain CLIP built from a spec and class names."""
 
     images: Path
-    model: str | None = None  # run folder / .safetensors (default runs/latest); with zero_shot an open_clip spec
+    model: str | None = None  # run folder / .safetensors (default: the newest run); with zero_shot an open_clip spec
     zero_shot: bool = False
     classes: Path | None = None
     pretrained: str | None = None
     templates: Path | None = None
-    batch_size: int = 256
-    workers: int = -1
-    device: str = "auto"
+    batch_size: int = INFERENCE_BATCH
+    workers: int = AUTO_WORKERS
+    device: str = AUTO_DEVICE
 
 
 def eval_classnames(req: EvalRequest) -> list[str]:
@@ -129,26 +104,23 @@ def eval_classnames(req: EvalRequest) -> list[str]:
     if req.classes or req.templates or req.pretrained:
         raise MustError("--classes, --templates and --pretrained only apply with --zero-shot: "
                         "an adapted model carries its own class names")
-    return list(read_metadata(Path(req.model or "runs/latest"))["classnames"])
+    return list(read_metadata(model_path(req.model))["classnames"])
 
 
 def load_for_eval(req: EvalRequest, classnames: list[str], device: torch.device) -> tuple[MustModel, Preprocess, str]:
     """(model, preprocessing, a description of the model) for either kind of request."""
     if req.zero_shot:
         model, pre = build_zero_shot(req.model, req.pretrained, classnames, req.templates, device)
-        defaults = MustConfig()
-        spec, tag = req.model or defaults.model, req.pretrained or defaults.pretrained
+        spec, tag = req.model or MustConfig.default("model"), req.pretrained or MustConfig.default("pretrained")
         local = spec.startswith(("local-dir:", "hf-hub:"))
         return model, pre, f"zero-shot {spec}" + ("" if local else f" ({tag})")
-    path = Path(req.model or "runs/latest")
+    path = model_path(req.model)
     model, meta = load_model(path)
     return model, preprocess_of(meta), str(path)
 
 
 def run_eval(req: EvalRequest, warn: Callable[[str], None]) -> dict:
     """Accuracy report of one model on ``images/<class>/...``, plus what was evaluated (JSON-ready)."""
-    from must_cli.adapt import autocast_for, default_workers, pick_device  # adapt imports this module
-
     device = pick_device(req.device)
     classnames = eval_classnames(req)
     paths, labels = labeled_images(req.images, classnames, warn)
@@ -161,3 +133,27 @@ def run_eval(req: EvalRequest, warn: Callable[[str], None]) -> dict:
         warn(f"{unreadable} image(s) could not be decoded and were left out")
     return {"model": described, "images_dir": str(req.images), "classes": classnames,
             "unreadable": unreadable, **report}
+
+
+@dataclass(frozen=True)
+class LabeledSet:
+    """A labeled folder to track accuracy on while adapting (--eval-dir), with how to run inference on it."""
+
+    paths: list[Path]
+    labels: list[int]
+    classnames: list[str]
+    pre: Preprocess
+    device: torch.device
+    autocast: Autocast
+    workers: int
+
+    def accuracy(self, models: dict[str, MustModel]) -> dict[str, dict[str, float]]:
+        """Top-1 and mean per-class recall of each named model."""
+        labels = torch.tensor(self.labels)
+        out = {}
+        for name, model in models.items():
+            preds = predict_labels(model, self.paths, self.pre, self.device, workers=self.workers,
+                                   autocast=self.autocast)
+            report = accuracy_report(preds, labels, self.classnames)
+            out[name] = {"top1": report["top1"], "mean_per_class": report["mean_per_class"]}
+        return out

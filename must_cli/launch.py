@@ -18,21 +18,6 @@ import sys
 from must_cli.errors import MustError
 
 
-def optional_resume(args: list[str]) -> list[str]:
-    """Spell a bare ``--resume`` (last, or followed by another option) as ``--resume=auto``.
-
-    Typer has no option with an optional value; this gives ``--resume`` and ``--resume PATH``
-    click's ``flag_value`` meaning. A path that starts with '-' needs ``--resume=PATH``.
-    """
-    out = list(args)
-    for i, arg in enumerate(out):
-        if arg == "--":
-            break
-        if arg == "--resume" and (i + 1 == len(out) or out[i + 1].startswith("-")):
-            out[i] = "--resume=auto"
-    return out
-
-
 def without_gpus(args: list[str]) -> list[str]:
     """The command-line arguments minus ``--gpus N`` / ``--gpus=N``."""
     out, skip = [], False

@@ -11,7 +11,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import open_clip
 import torch
@@ -138,18 +138,35 @@ def check_vit(visual: nn.Module) -> None:
         raise MustError("this ViT pools without a class token: must-cli needs a [CLS]-token ViT such as ViT-B-16")
 
 
+QUIET_LOGGERS = ("huggingface_hub", "open_clip")  # library loggers whose retry warnings load_clip replaces
+
+
+class _FromOpenClip(logging.Filter):
+    """Drops records that open_clip's own code logs through the root logger (``logging.error(...)``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.pathname.startswith(str(Path(open_clip.__file__).parent))
+
+
 @contextlib.contextmanager
-def _quiet_hub():
-    """huggingface_hub logs a retry warning per attempt; the user gets one clear line instead."""
-    loggers = [logging.getLogger(n) for n in ("huggingface_hub", "root", "open_clip")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL)
+def _quiet_hub() -> Iterator[None]:
+    """huggingface_hub and open_clip log a warning per retry; the user gets one clear line instead.
+
+    Only those libraries' records are held back, and only while loading: no logger's level
+    changes for anyone else (the root logger gets a filter that matches open_clip's files alone).
+    """
+    loggers = [logging.getLogger(name) for name in QUIET_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    root, only_others = logging.getLogger(), _FromOpenClip()
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    root.addFilter(only_others)
     try:
         yield
     finally:
-        for lg, lvl in zip(loggers, levels):
-            lg.setLevel(lvl)
+        root.removeFilter(only_others)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def load_clip(model: str, pretrained: str | None) -> tuple[nn.Module, Any]:
@@ -221,10 +238,9 @@ def build_zero_shot(
     device: torch.device,
 ) -> tuple[MustModel, Preprocess]:
     """Plain CLIP as a MustModel (for `--zero-shot` comparisons), with adapt's default model, tag and prompts."""
-    defaults = MustConfig()
     templates = read_templates(templates_file) if templates_file else list(IMAGENET_TEMPLATES)
-    built, pre = build_must_model(model or defaults.model, pretrained or defaults.pretrained, classnames, templates,
-                                  device)
+    built, pre = build_must_model(model or MustConfig.default("model"), pretrained or MustConfig.default("pretrained"),
+                                  classnames, templates, device)
     return built.eval(), pre
 
 

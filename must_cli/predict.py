@@ -20,16 +20,16 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from must_cli.adapt import autocast_for, default_workers, pick_device
 from must_cli.checkpoint import atomic_write, load_model, preprocess_of
 from must_cli.classnames import read_class_file
+from must_cli.config import AUTO_DEVICE, AUTO_WORKERS, INFERENCE_BATCH
 from must_cli.errors import MustError
-from must_cli.evaluate import iter_probs
 from must_cli.images import ImageReadError, display_name, load_rgb, scan_images
+from must_cli.inference import iter_probs
 from must_cli.model import MustModel, Preprocess, build_zero_shot
-from must_cli.progress import Reporter
+from must_cli.runs import model_path
+from must_cli.runtime import autocast_for, default_workers, pick_device
 
 OUTPUT_FORMATS = (".csv", ".jsonl")
 UNCERTAIN = "_uncertain"
@@ -46,15 +46,15 @@ class PredictRequest:
     """Everything `must predict` was asked to do; validated by run_predict before any work."""
 
     images: Path
-    model: str | None = None  # run folder / .safetensors (default runs/latest); an open_clip spec with zero_shot
+    model: str | None = None  # run folder / .safetensors (default: the newest run); an open_clip spec with zero_shot
     output: Path | None = None
     top_k: int = 1
     sort_into: Path | None = None
     link: str | None = None  # None: copy; "hard" or "sym"
     min_confidence: float | None = None
-    batch_size: int = 256
-    workers: int = -1
-    device: str = "auto"
+    batch_size: int = INFERENCE_BATCH
+    workers: int = AUTO_WORKERS
+    device: str = AUTO_DEVICE
     zero_shot: bool = False
     classes: Path | None = None
     pretrained: str | None = None
@@ -76,7 +76,6 @@ class PredictResult:
 
     predictions: list[Prediction]
     top_k: int
-    total: int  # images found with a readable header
     skipped: int  # unreadable at scan time
     failed: int  # passed the scan but failed to decode
     seconds: float
@@ -155,10 +154,17 @@ class Sorter:
                 )
 
     def place(self, src: Path, class_index: int, confidence: float) -> None:
+        """Copy or link ``src`` into its class folder (``_uncertain`` below --min-confidence)."""
         uncertain = self.min_confidence is not None and confidence < self.min_confidence
         folder = UNCERTAIN if uncertain else self.folders[class_index]
-        (self.root / folder).mkdir(exist_ok=True)
-        self._transfer(src, self._free_name(self.root / folder, src.name))
+        dst = self.root / folder
+        try:
+            dst.mkdir(exist_ok=True)
+            dst = self._free_name(dst, src.name)
+            self._transfer(src, dst)
+        except OSError as e:  # a full disk or a read-only DIR: name both files
+            raise MustError(f"--sort-into: cannot {'link' if self.link else 'copy'} {display_name(src)} to "
+                            f"{display_name(dst)} ({e.strerror or e}): check free space and permissions") from None
         self.counts[folder] += 1
 
     def _free_name(self, folder: Path, name: str) -> Path:
@@ -236,64 +242,61 @@ def _load(req: PredictRequest, device: torch.device) -> tuple[MustModel, list[st
         classnames = read_class_file(req.classes)
         model, pre = build_zero_shot(req.model, req.pretrained, classnames, req.templates, device)
         return model, classnames, pre
-    model, meta = load_model(Path(req.model or "runs/latest"))
+    model, meta = load_model(model_path(req.model))
     return model, list(meta["classnames"]), preprocess_of(meta)
 
 
-def run_predict(req: PredictRequest, rep: Reporter | None = None) -> PredictResult:
+Progress = Callable[[int, int], None]  # (images done, images in all), after each batch
+
+
+def run_predict(req: PredictRequest, warn: Callable[[str], None], progress: Progress | None = None) -> PredictResult:
     """Classify every image under ``req.images``; write/sort as asked; return the rows and a summary."""
-    rep = rep or Reporter()
     fmt = output_format(req.output)
     _validate(req)
     device = pick_device(req.device)
     model, classnames, pre = _load(req, device)
     k = min(req.top_k, len(classnames))
     notes = [f"--top-k {req.top_k} lowered to {k}, the number of classes"] if k < req.top_k else []
-    paths, skipped = scan_images(req.images, rep.warn)
+    paths, skipped = scan_images(req.images, warn)
     sorter = Sorter(req.sort_into, classnames, req.link, req.min_confidence) if req.sort_into else None
     predictions: list[Prediction] = []
     failed = 0
 
     def run(write: Callable[[Prediction], None] | None) -> None:
         nonlocal failed
-        columns = (TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TextColumn("eta"), TimeRemainingColumn())
-        with Progress(*columns, console=rep.console) as progress:
-            task = progress.add_task("predict", total=len(paths))
-            batches = iter_probs(model, paths, pre, device, batch_size=req.batch_size,
-                                 workers=default_workers(req.workers), autocast=autocast_for(device, "auto"))
-            for indices, probs, ok in batches:
-                top_p, top_i = probs.topk(k, dim=1)
-                for j, index in enumerate(indices.tolist()):
-                    path = paths[index]
-                    if not ok[j]:
-                        failed += 1
-                        rep.warn(f"skipping {display_name(path)}: {_decode_error(path)}")
-                        continue
-                    row = Prediction(display_name(path.relative_to(req.images).as_posix()),
-                                     [classnames[c] for c in top_i[j].tolist()], top_p[j].tolist())
-                    predictions.append(row)
-                    if write:
-                        write(row)
-                    if sorter:
-                        sorter.place(path, int(top_i[j, 0]), row.probabilities[0])
-                progress.advance(task, len(indices))
+        batches = iter_probs(model, paths, pre, device, batch_size=req.batch_size,
+                             workers=default_workers(req.workers), autocast=autocast_for(device, "auto"))
+        done = 0
+        for indices, probs, ok in batches:
+            top_p, top_i = probs.topk(k, dim=1)
+            for j, index in enumerate(indices.tolist()):
+                path = paths[index]
+                if not ok[j]:
+                    failed += 1
+                    warn(f"skipping {display_name(path)}: {_decode_error(path)}")
+                    continue
+                row = Prediction(display_name(path.relative_to(req.images).as_posix()),
+                                 [classnames[c] for c in top_i[j].tolist()], top_p[j].tolist())
+                predictions.append(row)
+                if write:
+                    write(row)
+                if sorter:
+                    sorter.place(path, int(top_i[j, 0]), row.probabilities[0])
+            done += len(indices)
+            if progress:
+                progress(done, len(paths))
 
     def to_file(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8", newline="") as f:
             run(_row_writer(f, fmt, k))
 
     start = time.perf_counter()
-    try:
-        if req.output is not None:
-            atomic_write(req.output, to_file)
-        else:
-            run(None)
-    except OSError as e:  # a full disk or a read-only --output/--sort-into: no traceback, say where
-        where = display_name(e.filename) if e.filename else "the output"
-        raise MustError(f"cannot write {where} ({e.strerror or e}): check free space and permissions") from None
+    if req.output is not None:
+        atomic_write(req.output, to_file)
+    else:
+        run(None)
     return PredictResult(
-        predictions=predictions, top_k=k, total=len(paths), skipped=len(skipped), failed=failed,
+        predictions=predictions, top_k=k, skipped=len(skipped), failed=failed,
         seconds=time.perf_counter() - start, device=str(device), output=req.output, sort_into=req.sort_into,
         sorted_counts=dict(sorter.counts) if sorter else {}, renamed=sorter.renamed if sorter else {},
         notes=notes + (sorter.notes if sorter else []),

@@ -34,7 +34,7 @@ def _to_tensor(pre: Preprocess) -> list[Callable]:
     return [T.ToTensor(), T.Normalize(pre.mean, pre.std)]
 
 
-def test_view(pre: Preprocess) -> T.Compose:
+def eval_view(pre: Preprocess) -> T.Compose:
     """Resize the shorter side to the input size, centre crop: CLIP's evaluation transform."""
     interp = _interp(pre.interpolation)
     return T.Compose([T.Resize(pre.image_size, interp), T.CenterCrop(pre.image_size), *_to_tensor(pre)])
@@ -145,7 +145,7 @@ class TrainViews(Dataset):
         seed = sample_seed(self.seed, epoch, index)
         with _seeded(seed):
             weak, strong = self.weak(image), self.strong(image)
-        out = {"weak": weak, "strong": strong, "index": torch.tensor(index), "bad": torch.tensor(bad)}
+        out = {"weak": weak, "strong": strong, "bad": torch.tensor(bad)}
         if self.masks is not None:
             out["mask"] = torch.from_numpy(self.masks(np.random.default_rng(seed)))
         return out
@@ -155,7 +155,7 @@ class FolderImages(Dataset):
     """Test-view images for zero-shot checks, evaluation and prediction; never holds all images."""
 
     def __init__(self, paths: Sequence[Path], pre: Preprocess):
-        self.paths, self.view = list(paths), test_view(pre)
+        self.paths, self.view = list(paths), eval_view(pre)
         self.size = pre.image_size
 
     def __len__(self) -> int:

@@ -5,16 +5,19 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from must_cli.checkpoint import load_model
+from must_cli.checkpoint import load_checkpoint, load_model
 from must_cli.cli import app
 from must_cli.config import MustConfig, resolve_config
-from must_cli.model import build_must_model
+from must_cli.engine import cosine_lr
+from must_cli.runs import list_checkpoints
 
-from conftest import CLASSES
+from helpers import CLASSES, one_line_error
 
 runner = CliRunner()
 
@@ -31,10 +34,14 @@ def test_run_writes_a_loadable_model_with_metadata(adapted_run, tiny_spec):
         assert key in header
     model, meta = load_model(adapted_run)
     assert meta["classnames"] == CLASSES
-    assert meta["preprocess"]["image_size"] == 32
+    assert meta["preprocess"]["image_size"] == 32 and meta["chosen"] == "ema-teacher"
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
-    zero_shot, _ = build_must_model(tiny_spec, None, CLASSES, meta["templates"], torch.device("cpu"))
-    assert not torch.allclose(model.classifier, zero_shot.classifier)  # adaptation changed the head
+    # What shipped is the EMA teacher of the last step, tensor for tensor (no [MSK] or decoder).
+    teacher = load_checkpoint(list_checkpoints(adapted_run / "checkpoints")[-1])["teacher"]
+    shipped = load_file(str(path))
+    assert set(shipped) == {"classifier", "logit_scale"} | {f"visual.{k}" for k in model.visual.state_dict()}
+    for key, value in shipped.items():
+        assert torch.equal(value, teacher[key].float()), key
 
 
 def test_run_writes_resolved_config_and_metrics(adapted_run):
@@ -42,9 +49,15 @@ def test_run_writes_resolved_config_and_metrics(adapted_run):
     assert isinstance(cfg, MustConfig) and cfg.epochs == 2 and cfg.batch_size == 8
     lines = (adapted_run / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(x) for x in lines]
-    assert [r["epoch"] for r in records] == [1, 2]
+    assert [(r["epoch"], r["step"]) for r in records] == [(1, 3), (2, 6)]  # 24 images / batch 8 = 3 steps an epoch
+    peak, floor = 1e-3 * 8 / 256, cfg.min_lr * 8 / 256  # --lr is per 256 images; the log shows the absolute lr
     for r in records:
-        assert 0 <= r["kept"] <= 1 and 0 <= r["balance"] <= 1 and 0 <= r["agree"] <= 1 and r["lr"] > 0
+        assert r["lr"] == pytest.approx(cosine_lr(r["step"] - 1, 6, peak, floor))  # the epoch's last step
+        assert r["loss"] == pytest.approx(r["loss_cls"] + cfg.w_fair * r["loss_fair"] + r["loss_mim"]
+                                          + cfg.w_align * r["loss_align"], rel=1e-5)
+        for share in ("kept", "agree"):  # per-image fractions of the 24 images
+            assert r[share] * 24 == pytest.approx(round(r[share] * 24)) and 0 <= r[share] <= 1
+        assert 0 <= r["balance"] <= 1
     assert not list(adapted_run.glob(".*tmp"))  # atomic writes leave no temp files
 
 
@@ -58,14 +71,6 @@ def test_eval_dir_tracks_zero_shot_teacher_and_student(tmp_path, tiny_spec, clas
     assert set(records[0]["eval"]) == {"zero_shot"}
     assert set(records[1]["eval"]) == {"teacher", "student"}
     assert 0 <= records[1]["eval"]["teacher"]["mean_per_class"] <= 1
-
-
-def one_line_error(result, *needles):
-    assert result.exit_code == 1, result.output
-    text = result.output.strip()
-    assert text.startswith("error:") and "\n" not in text and "Traceback" not in text, text
-    for n in needles:
-        assert n in text, text
 
 
 def test_bad_inputs_are_one_line_errors(tmp_path, tiny_spec, classes_file, unlabeled_images):

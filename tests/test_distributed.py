@@ -26,10 +26,11 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from must_cli.checkpoint import list_checkpoints, load_checkpoint, load_model
+from must_cli.checkpoint import load_checkpoint, load_model
+from must_cli.runs import list_checkpoints
 from must_cli.cli import app
 
-from conftest import make_color_images
+from helpers import make_color_images
 
 torch.set_num_threads(1)
 ATOL = 1e-5

@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-from open_clip.model import _build_vision_tower
 
 from must_cli.config import MustConfig
 from must_cli.engine import (
@@ -13,14 +12,7 @@ from must_cli.engine import (
 )
 from must_cli.model import MustModel
 
-from conftest import TINY_MODEL_CFG
-
-
-def tiny_model(k: int = 3) -> MustModel:
-    torch.manual_seed(0)
-    visual = _build_vision_tower(TINY_MODEL_CFG["embed_dim"], TINY_MODEL_CFG["vision_cfg"])
-    classifier = torch.nn.functional.normalize(torch.randn(TINY_MODEL_CFG["embed_dim"], k), dim=0)
-    return MustModel(visual, classifier, logit_scale=14.0)
+from helpers import tiny_model
 
 
 def test_ema_update_is_exact_lerp():

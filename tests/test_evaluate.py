@@ -12,7 +12,7 @@ from must_cli.cli import app
 from must_cli.errors import MustError
 from must_cli.evaluate import accuracy_report, labeled_images
 
-from conftest import CLASSES, make_color_images
+from helpers import CLASSES, make_color_images
 
 ABC = ["a", "b", "c"]
 

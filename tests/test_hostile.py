@@ -20,12 +20,12 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner, Result
 
 from must_cli import checkpoint
-from must_cli.checkpoint import list_checkpoints, load_checkpoint, load_model
+from must_cli.checkpoint import load_checkpoint, load_model
+from must_cli.runs import list_checkpoints
 from must_cli.cli import app
 from must_cli.errors import MustError
 
-from conftest import TINY_MODEL_CFG, make_color_images, make_tiny_clip
-from test_images import bomb_png
+from helpers import TINY_MODEL_CFG, bomb_png, make_color_images, make_tiny_clip, one_line_error
 
 torch.set_num_threads(1)
 NON_UTF8 = os.fsdecode(b"latin1_\xe9.png")  # a valid image under a name that is not UTF-8
@@ -39,16 +39,6 @@ def invoke(*args: object) -> Result:
 def tree(root: Path) -> dict[str, int]:
     """Every file under root (links not followed) with its size: to prove nothing else was written."""
     return {os.fsencode(p.relative_to(root)).hex(): p.lstat().st_size for p in root.rglob("*")}
-
-
-def one_line_error(result, *needles: str) -> str:
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    line = result.output.strip().splitlines()[-1]
-    assert line.startswith("error:"), result.output
-    for n in needles:
-        assert n in line, line
-    return line
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,4 @@
 import os
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,8 @@ from must_cli.images import (
     scan_images,
 )
 
+from helpers import bomb_png
+
 FORMATS = {
     ".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP",
     ".bmp": "BMP", ".gif": "GIF", ".tif": "TIFF", ".tiff": "TIFF",
@@ -27,17 +27,6 @@ FORMATS = {
 def rgb(path: Path, size=(4, 3), color=(200, 40, 10), fmt=None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", size, color).save(path, format=fmt)
-    return path
-
-
-def bomb_png(path: Path) -> Path:
-    """A valid 1x1 PNG whose IHDR claims 30000 x 30000 pixels (CRC fixed so PIL trusts it)."""
-    rgb(path, (1, 1), fmt="PNG")
-    data = bytearray(path.read_bytes())
-    ihdr = data.index(b"IHDR")
-    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", 30000, 30000)
-    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr : ihdr + 17])))
-    path.write_bytes(bytes(data))
     return path
 
 

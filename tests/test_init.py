@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
-from conftest import make_color_images
+from helpers import make_color_images
 from must_cli.classnames import read_class_file
 from must_cli.cli import app
 from must_cli.config import MustConfig, resolve_config

@@ -8,7 +8,7 @@ from must_cli.classnames import fill_templates
 from must_cli.errors import MustError
 from must_cli.model import build_must_model, check_vit, load_clip, text_classifier
 
-from conftest import CLASSES
+from helpers import CLASSES
 
 
 def test_classifier_is_normalised_mean_of_normalised_prompt_embeddings(tiny_spec):
@@ -54,3 +54,17 @@ def test_msk_token_replaces_only_masked_patches(tiny_spec):
 def test_non_vit_towers_are_rejected():
     with pytest.raises(MustError, match="ViT image towers only"):
         check_vit(torch.nn.Linear(2, 2))
+
+
+def test_loading_leaves_logging_as_it_was(tmp_path, caplog):
+    """A failed load is quiet, but afterwards every logger (root included) logs as before."""
+    import logging
+
+    root_level, hub_level = logging.getLogger().level, logging.getLogger("huggingface_hub").level
+    with pytest.raises(MustError):
+        load_clip(f"local-dir:{tmp_path}", None)
+    assert logging.getLogger().level == root_level and not logging.getLogger().filters
+    assert logging.getLogger("huggingface_hub").level == hub_level
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger("some.app").warning("still heard")
+    assert "still heard" in caplog.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import pickle
@@ -13,29 +14,23 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from must_cli.checkpoint import load_model, preprocess_of, save_model
+from must_cli.checkpoint import atomic_write, load_model, preprocess_of, save_model
 from must_cli.cli import app
-from must_cli.evaluate import predict_labels
+from must_cli.classnames import IMAGENET_TEMPLATES
+from must_cli.inference import predict_labels
 from must_cli.images import scan_images
 from must_cli.model import build_must_model, vision_config
-from must_cli.predict import PredictRequest, run_predict, safe_folder_names
+from must_cli.errors import MustError
+from must_cli.predict import PredictRequest, Sorter, run_predict, safe_folder_names
 
-from conftest import CLASSES, make_color_images
+from helpers import CLASSES, make_color_images, one_line_error
 
 DECOMPOSED = "e\u0301" * 150  # 300 code points; NFC makes it 150 two-byte characters
 HOSTILE = ["../x", "/etc", "a/b", "..", ".", "CON", "con", "nul", "///", "a_b", DECOMPOSED, "_uncertain"]
 
 
 def invoke(*args: str):
-    return CliRunner().invoke(app, ["predict", *args, "--workers", "0", "--device", "cpu"])
-
-
-def one_line_error(result) -> str:
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-    return lines[0]
+    return CliRunner().invoke(app, ["predict", *args, "--workers", "0", "--device", "cpu"], env={"COLUMNS": "200"})
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +48,8 @@ def hostile_model(tmp_path_factory, tiny_spec) -> Path:
 
 
 def test_top1_matches_eval_path_image_by_image(adapted_run, unlabeled_images):
-    result = run_predict(PredictRequest(unlabeled_images, str(adapted_run), workers=0, device="cpu", batch_size=5))
+    result = run_predict(PredictRequest(unlabeled_images, str(adapted_run), workers=0, device="cpu", batch_size=5),
+                         lambda m: None)
     model, meta = load_model(adapted_run)
     paths, _ = scan_images(unlabeled_images, lambda m: None)
     expected = predict_labels(model, paths, preprocess_of(meta), torch.device("cpu"))
@@ -90,10 +86,15 @@ def test_jsonl_clamps_top_k_to_the_class_count(adapted_run, unlabeled_images, tm
         assert sum(r["probabilities"]) == pytest.approx(1, abs=1e-5)
 
 
-def test_small_sets_print_a_table(adapted_run, unlabeled_images):
+def test_small_sets_print_a_table_of_every_prediction(adapted_run, unlabeled_images):
     result = invoke(str(unlabeled_images), "--model", str(adapted_run))
     assert result.exit_code == 0, result.output
-    assert "red_000.jpg" in result.stdout and "blue_007.jpg" in result.stdout
+    expected = run_predict(PredictRequest(unlabeled_images, str(adapted_run), workers=0, device="cpu"), lambda m: None)
+    rows = [line for line in result.stdout.splitlines() if ".jpg" in line]
+    assert len(rows) == len(expected.predictions) == 24
+    for row, p in zip(rows, expected.predictions):  # same order, same label and probability as the library's rows
+        cells = [c.strip() for c in row.strip("│┃ ").split("│")]
+        assert cells == [p.path, f"{p.labels[0]} {p.probabilities[0]:.3f}"], row
 
 
 def test_bad_output_extension_fails_before_any_work(tmp_path, unlabeled_images):
@@ -173,9 +174,15 @@ def test_links_instead_of_copies(adapted_run, unlabeled_images, tmp_path):
                 assert not f.is_symlink() and f.stat().st_ino == source.stat().st_ino
 
 
-def test_zero_shot_with_local_spec(tiny_spec, classes_file, unlabeled_images):
-    result = invoke(str(unlabeled_images), "--zero-shot", "--model", tiny_spec, "--classes", str(classes_file))
+def test_zero_shot_with_local_spec_labels_like_plain_clip(tiny_spec, classes_file, unlabeled_images, tmp_path):
+    out = tmp_path / "zs.jsonl"
+    result = invoke(str(unlabeled_images), "--zero-shot", "--model", tiny_spec, "--classes", str(classes_file),
+                    "--output", str(out))
     assert result.exit_code == 0, result.output
+    clip, pre = build_must_model(tiny_spec, None, CLASSES, IMAGENET_TEMPLATES, torch.device("cpu"))
+    paths, _ = scan_images(unlabeled_images, lambda m: None)
+    expected = [CLASSES[i] for i in predict_labels(clip, paths, pre, torch.device("cpu")).tolist()]
+    assert [json.loads(line)["labels"][0] for line in out.read_text().splitlines()] == expected
     assert "24 images" in result.output
 
 
@@ -184,8 +191,11 @@ def test_zero_shot_options_need_zero_shot(adapted_run, classes_file, unlabeled_i
     assert "--zero-shot" in line
 
 
-@pytest.mark.parametrize("kind", ["missing", "truncated", "pickle", "foreign"])
-def test_bad_model_files_give_one_line(kind, adapted_run, unlabeled_images, tmp_path):
+@pytest.mark.parametrize("kind, reason", [
+    ("missing", "no model file here"), ("truncated", "not a readable must-cli model"),
+    ("pickle", "not a readable must-cli model"), ("foreign", "not a must-cli model"),
+])
+def test_bad_model_files_give_one_line(kind, reason, adapted_run, unlabeled_images, tmp_path):
     path = tmp_path / "model.safetensors"
     if kind == "truncated":
         data = (adapted_run / "model.safetensors").read_bytes()
@@ -194,5 +204,25 @@ def test_bad_model_files_give_one_line(kind, adapted_run, unlabeled_images, tmp_
         path.write_bytes(pickle.dumps({"classifier": torch.zeros(2)}))
     elif kind == "foreign":
         save_file({"w": torch.zeros(2)}, str(path))
-    line = one_line_error(invoke(str(unlabeled_images), "--model", str(path)))
-    assert "model" in line
+    one_line_error(invoke(str(unlabeled_images), "--model", str(path)), f"error: {path}: ", reason)
+
+
+def test_a_failed_sort_names_the_sorted_file_not_the_output(adapted_run, unlabeled_images, tmp_path, monkeypatch):
+    def full_disk(self, src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Sorter, "_transfer", full_disk)
+    out, target = tmp_path / "p.csv", tmp_path / "sorted"
+    line = one_line_error(invoke(str(unlabeled_images), "--model", str(adapted_run), "--output", str(out),
+                                 "--sort-into", str(target)), "--sort-into: cannot copy", "No space left")
+    assert str(target) in line and str(out) not in line
+    assert not out.exists()  # the predictions file is not half-written either
+
+
+def test_write_errors_outside_training_do_not_mention_resume(tmp_path):
+    def fill(tmp):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(MustError) as caught:
+        atomic_write(tmp_path / "p.csv", fill)
+    assert str(caught.value) == f"disk full while writing {tmp_path / 'p.csv'}: free space and run the command again"

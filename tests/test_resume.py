@@ -21,10 +21,11 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from must_cli.checkpoint import list_checkpoints, load_checkpoint
+from must_cli.checkpoint import load_checkpoint
+from must_cli.runs import list_checkpoints
 from must_cli.cli import app
 
-from conftest import make_tiny_clip
+from helpers import make_tiny_clip, one_line_error
 
 torch.set_num_threads(1)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
@@ -130,14 +131,8 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(setup):
     assert not (out / "model.safetensors").exists() and not list(out.rglob("*.tmp"))
 
 
-def one_line_error(argv: list[str], *needles: str) -> str:
-    r = CliRunner().invoke(app, argv)
-    assert r.exit_code == 1, r.output
-    line = r.output.strip().splitlines()[-1]  # info lines (e.g. mask size) may come first
-    assert line.startswith("error:") and "Traceback" not in r.output, r.output
-    for n in needles:
-        assert n in line, line
-    return line
+def fails(argv: list[str], *needles: str) -> str:
+    return one_line_error(CliRunner().invoke(app, argv), *needles)
 
 
 @pytest.mark.parametrize("change, needle", [
@@ -155,13 +150,13 @@ def test_resume_with_another_config_is_refused(setup, classes_file, tmp_path, ch
         argv[argv.index("--batch-size") + 1] = "8"
     else:
         argv += ["--lr", "1e-3"]
-    one_line_error(argv, "this run differs from the checkpoint in", needle, "start a new --output")
+    fails(argv, "this run differs from the checkpoint in", needle, "start a new --output")
 
 
 def test_resume_needs_a_checkpoint_and_a_fresh_run_needs_a_fresh_folder(setup, tmp_path, monkeypatch):
-    one_line_error(setup["args"](tmp_path / "new", "--resume"), "no checkpoint in")
-    one_line_error(setup["args"](setup["reference"]), "already holds checkpoints", "--resume")
+    fails(setup["args"](tmp_path / "new", "--resume"), "no checkpoint in")
+    fails(setup["args"](setup["reference"]), "already holds checkpoints", "--resume")
     monkeypatch.chdir(tmp_path)  # no runs/latest here
     argv = setup["args"](tmp_path)
-    one_line_error([*argv[: argv.index("--output")], "--resume"], "no runs/latest")
+    fails([*argv[: argv.index("--output")], "--resume"], "no runs/latest")
     assert sorted(os.listdir(tmp_path)) == []

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
-from must_cli.adapt import autocast_for, compile_for_training
+from must_cli.runtime import autocast_for, compile_for_training
 from must_cli.config import MustConfig
 from must_cli.engine import TrainState, must_step
 
-from test_engine import tiny_model
+from helpers import tiny_model
 
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
 _spec = importlib.util.spec_from_file_location("throughput", _PATH)

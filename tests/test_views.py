@@ -1,19 +1,17 @@
 """Views are well-formed and deterministic per (seed, epoch, index); the sampler shards like DistributedSampler."""
 
 import torch
+from PIL import Image
 
 from must_cli.masking import MaskGenerator
 from must_cli.model import Preprocess
-from must_cli.views import EpochSampler, TrainViews, strong_view
-from must_cli.views import test_view as center_view
+from must_cli.views import EpochSampler, TrainViews, eval_view, strong_view
 
 PRE = Preprocess(32, (0.48, 0.46, 0.41), (0.27, 0.26, 0.28))
 
 
 def test_strong_view_survives_every_randaugment_op(unlabeled_images):
     """RandAugment magnitudes near the top once crashed Pillow's posterize (0 bits)."""
-    from PIL import Image
-
     image = Image.open(next(unlabeled_images.iterdir())).convert("RGB")
     view = strong_view(PRE)
     for seed in range(400):
@@ -31,7 +29,13 @@ def test_train_views_are_deterministic_per_seed_epoch_index(unlabeled_images):
     c = ds[(2, 1)]
     assert not torch.equal(a["strong"], c["strong"])  # a new epoch draws new augmentations
     assert a["mask"].sum() == 8 and a["bad"] == -1
-    assert center_view(PRE)(__import__("PIL.Image", fromlist=["Image"]).open(paths[0])).shape == (3, 32, 32)
+    assert set(a) == {"weak", "strong", "mask", "bad"}  # only what the training step reads travels to the device
+
+
+def test_eval_view_is_a_deterministic_centre_crop(unlabeled_images):
+    image = Image.open(next(unlabeled_images.iterdir())).convert("RGB")
+    first, second = eval_view(PRE)(image), eval_view(PRE)(image)
+    assert first.shape == (3, 32, 32) and torch.equal(first, second)
 
 
 def test_sampler_shards_one_permutation_and_resumes_mid_epoch():

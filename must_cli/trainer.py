@@ -1,0 +1,303 @@
+"""The training run around the method: epochs, the per-step hook (progress, NaN agreement,
+signals, periodic checkpoints), metrics.jsonl, and resuming a checkpoint exactly.
+
+engine.train_epoch is the method; this module decides when to log, save and stop, and keeps
+its state on a Trainer object so every rank takes the same decisions in the same order.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from must_cli import __version__
+from must_cli.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from must_cli.config import MustConfig
+from must_cli.distributed import Dist, agreed_error, reduce_sum
+from must_cli.engine import METRIC_NAMES, TrainState, cosine_lr, train_epoch
+from must_cli.errors import MustError
+from must_cli.evaluate import LabeledSet
+from must_cli.guard import label_balance
+from must_cli.images import display_name
+from must_cli.model import MustModel
+from must_cli.progress import Reporter
+from must_cli.runs import check_fingerprint, checkpoints_of, list_checkpoints
+from must_cli.runtime import Autocast
+from must_cli.views import EpochSampler
+
+METRICS_FILE = "metrics.jsonl"
+NONFINITE, IMAGES = METRIC_NAMES.index("nonfinite"), METRIC_NAMES.index("images")
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How the images split into micro-batches, optimiser steps and epochs across processes."""
+
+    per_process: int  # images per micro-batch per process
+    accum_steps: int
+    world: int
+    batches_per_epoch: int  # micro-batches per process per epoch, a multiple of accum_steps
+    epochs: int
+
+    @classmethod
+    def for_images(cls, n_images: int, world: int, cfg: MustConfig, warn: Callable[[str], None],
+                   where: Path) -> "BatchPlan":
+        """The configured batch, lowered (with a warning) when the images are too few for it."""
+        batch = min(cfg.batch_size, n_images // world)
+        if batch < cfg.batch_size:
+            warn(f"only {n_images} images: batch size lowered from {cfg.batch_size} to {batch}")
+        if batch < 2:
+            raise MustError(f"{where}: {n_images} readable image(s) are too few to adapt on: add more images")
+        batches = (-(-n_images // world) // batch) // cfg.accum_steps * cfg.accum_steps
+        if batches == 0:
+            raise MustError(f"{n_images} images are fewer than one optimiser step of "
+                            f"{batch * world * cfg.accum_steps}: lower --batch-size")
+        return cls(batch, cfg.accum_steps, world, batches, cfg.epochs)
+
+    @property
+    def global_batch(self) -> int:
+        return self.per_process * self.world * self.accum_steps
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.batches_per_epoch // self.accum_steps
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.epochs
+
+
+@dataclass
+class Nets:
+    """The networks and optimiser of a run; checkpoints, EMA and the optimiser use the plain modules."""
+
+    student: MustModel
+    teacher: MustModel
+    optimizer: torch.optim.Optimizer
+    train_student: nn.Module  # the student as trained: wrapped in DDP and/or compiled
+    train_teacher: nn.Module
+
+
+class StopRequest:
+    """SIGINT/SIGTERM set a flag; the loop finishes its step, checkpoints and exits cleanly.
+
+    A second signal more than a second later means "now" (KeyboardInterrupt). Repeats within
+    the second are the same request delivered twice: on Ctrl-C both the terminal and torchrun
+    signal every worker.
+    """
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._at = 0.0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopRequest":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is None:
+            self.signal, self._at = signum, time.monotonic()
+        elif time.monotonic() - self._at > 1.0:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def epoch_stats(total: torch.Tensor, hist: torch.Tensor, lr: float) -> dict[str, float]:
+    """Per-image means of the summed metrics, the pseudo-label balance, and the absolute lr."""
+    values = dict(zip(METRIC_NAMES, total.tolist()))
+    n = max(values["images"], 1.0)
+    means = {name: values[name] / n for name in ("loss", "loss_cls", "loss_fair", "loss_mim", "loss_align",
+                                                 "kept", "agree")}
+    return {**means, "balance": label_balance(hist), "lr": lr}
+
+
+class Trainer:
+    """Runs the epochs of one adapt run on every rank; rank 0 writes checkpoints and metrics."""
+
+    def __init__(self, cfg: MustConfig, plan: BatchPlan, nets: Nets, loader: DataLoader, sampler: EpochSampler,
+                 paths: list[Path], run_dir: Path, fingerprint: dict, dist: Dist, device: torch.device,
+                 autocast: Autocast, reporter: Reporter, eval_set: LabeledSet | None = None):
+        self.cfg, self.plan, self.nets, self.loader, self.sampler = cfg, plan, nets, loader, sampler
+        self.paths, self.run_dir, self.fingerprint = paths, run_dir, fingerprint
+        self.dist, self.device, self.autocast, self.reporter, self.eval_set = dist, device, autocast, reporter, eval_set
+        self.state = TrainState()
+        self.peak_lr = plan.global_batch * cfg.base_lr / 256  # absolute, from the per-256 base lr
+        self.floor_lr = plan.global_batch * cfg.min_lr / 256
+        self.log_every = 1 if device.type == "cpu" else 20  # each log is an all-reduce that waits for the GPU
+        self.stop = StopRequest()
+        self.unreadable: set[int] = set()
+        self._sums = self._hist = torch.zeros(0)
+        self._lr, self._halted = 0.0, False
+
+    # ---------------------------------------------------------------- resume and checkpoints
+
+    def resume(self, path: Path) -> None:
+        """Load a checkpoint into the fresh nets after checking it is this run's."""
+        saved = load_checkpoint(path)
+        check_fingerprint(path, saved.get("fingerprint", {}), self.fingerprint)
+        self.nets.student.load_state_dict(saved["student"])
+        self.nets.teacher.load_state_dict(saved["teacher"])
+        self.nets.optimizer.load_state_dict(saved["optimizer"])
+        set_rng_state(saved["rng"])
+        state = TrainState(**saved["state"])
+        # Same global batch, maybe another split into processes x accumulation: keep the optimiser-step position.
+        state.batches_done = state.batches_done // saved["config"]["accum_steps"] * self.cfg.accum_steps
+        self.state = state
+        self.reporter.info(f"resumed from {path} at step {state.step} (epoch {state.epoch + 1}, "
+                           f"batch {state.batches_done})")
+
+    def checkpoint(self, mid_epoch: bool = False) -> None:
+        """Every rank calls this (mid-epoch it sums the epoch's metrics across ranks); rank 0 writes."""
+        self.state.epoch_sums = reduce_sum(self._sums).cpu() if mid_epoch else None
+        self.state.epoch_hist = reduce_sum(self._hist).cpu() if mid_epoch else None
+        if not self.dist.is_main:
+            return
+        nets = self.nets
+        payload = {
+            "student": nets.student.state_dict(), "teacher": nets.teacher.state_dict(),
+            "optimizer": nets.optimizer.state_dict(), "state": self.state.__dict__, "rng": rng_state(),
+            "fingerprint": self.fingerprint, "config": self.cfg.model_dump(), "must_cli_version": __version__,
+        }
+        save_checkpoint(checkpoints_of(self.run_dir), self.state.step, payload, self.cfg.keep_checkpoints)
+
+    # ---------------------------------------------------------------- the run
+
+    def evaluate_zero_shot(self, zero_shot: MustModel) -> None:
+        """With --eval-dir, record zero-shot accuracy as epoch 0 of a fresh run."""
+        if self.eval_set is None or not self.dist.is_main or self.state.step:
+            return
+        result = self.eval_set.accuracy({"zero_shot": zero_shot})
+        self.state.metrics.append({"epoch": 0, "step": 0, "eval": result})
+        self.reporter.evaluated(0, result)
+
+    def run(self) -> list[dict]:
+        """Train until the last epoch, or raise after checkpointing when a signal asks to stop."""
+        with self.stop:
+            while self.state.epoch < self.cfg.epochs:
+                self._epoch()
+        return self.state.metrics
+
+    def _epoch(self) -> None:
+        started = time.time()
+        self._sums = torch.zeros(len(METRIC_NAMES), device=self.device)
+        self._hist = torch.zeros(self.nets.student.num_classes, device=self.device)
+        if self.dist.is_main and self.state.epoch_sums is not None:  # resumed mid-epoch: earlier steps count
+            self._sums += self.state.epoch_sums.to(self.device)
+            self._hist += self.state.epoch_hist.to(self.device)
+        images_before = float(reduce_sum(self._sums)[IMAGES])
+        self.sampler.set_epoch(self.state.epoch, start=self.state.batches_done * self.plan.per_process)
+        self._lr, self._halted = 0.0, False
+        plan = self.plan
+        self.reporter.start_epoch(self.state.epoch, plan.epochs, plan.steps_per_epoch,
+                                  self.state.batches_done // plan.accum_steps)
+        try:
+            rest = itertools.islice(self.loader, plan.batches_per_epoch - self.state.batches_done)
+            train_epoch(self.nets.train_student, self.nets.train_teacher, self.nets.optimizer,
+                        self._warn_unreadable(rest), self.cfg, self.state, plan.total_steps, self.peak_lr,
+                        self.floor_lr, self.device, self.autocast, self._on_step)
+        finally:
+            self.reporter.end_epoch()
+        if self._halted and self.state.batches_done < plan.batches_per_epoch:
+            raise self._stopped()
+        self._end_epoch(started, images_before)
+        if self._halted and self.state.epoch < plan.epochs:
+            raise self._stopped()
+
+    def _end_epoch(self, started: float, images_before: float) -> None:
+        total, hist = reduce_sum(self._sums), reduce_sum(self._hist)
+        seconds = round(time.time() - started, 2)
+        seen = float(total[IMAGES]) - images_before  # this session's images only, after a resume
+        record = {"epoch": self.state.epoch + 1, "step": self.state.step, **epoch_stats(total, hist, self._lr),
+                  "seconds": seconds, "images_per_second": round(seen / max(seconds, 1e-9), 1)}
+        epoch = self.state.epoch + 1
+        if self.eval_set and self.dist.is_main and (epoch % self.cfg.eval_every == 0 or epoch == self.cfg.epochs):
+            record["eval"] = self.eval_set.accuracy({"teacher": self.nets.teacher, "student": self.nets.student})
+        self.state.metrics.append(record)
+        self.state.epoch += 1
+        self.state.batches_done = 0
+        if self.dist.is_main:
+            self.reporter.epoch_done(record)
+            atomic_write_text(self.run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in self.state.metrics))
+        self.checkpoint()
+
+    def _on_step(self, state: TrainState, metrics: torch.Tensor, hist: torch.Tensor, lr: float) -> bool:
+        """After each optimiser step: log, agree on NaN/inf and signals, checkpoint; True stops the epoch.
+
+        Ranks agree when they log and before any checkpoint (so none holds NaN): one small
+        all-reduce that waits for the GPU, hence not every step. A single process reacts to a
+        signal at the next step.
+        """
+        self._sums.add_(metrics)
+        self._hist.add_(hist)
+        self._lr = lr
+        step_in_epoch = state.batches_done // self.plan.accum_steps
+        mid_epoch = step_in_epoch < self.plan.steps_per_epoch
+        due = state.step % self.cfg.save_every == 0 and mid_epoch
+        signalled = self.dist.world == 1 and self.stop.signal is not None
+        if not (due or state.step % self.log_every == 0 or not mid_epoch or signalled):
+            return False
+        flags = torch.stack([self._sums[NONFINITE], self._sums.new_tensor(float(self.stop.signal is not None))])
+        bad, stopping = reduce_sum(flags).tolist()
+        if bad:
+            raise self._diverged(state.step)
+        self.reporter.update(step_in_epoch, epoch_stats(reduce_sum(self._sums), reduce_sum(self._hist), lr))
+        if (due or stopping) and mid_epoch:
+            self.checkpoint(mid_epoch=True)
+        self._halted = bool(stopping)
+        return self._halted
+
+    def _diverged(self, step: int) -> BaseException:
+        kept = list_checkpoints(checkpoints_of(self.run_dir))
+        return agreed_error(self.dist.is_main,
+                            f"the loss became NaN/inf by step {step}: lower --lr (or use --precision fp32); "
+                            + (f"last good checkpoint kept: {kept[-1]}" if kept else "no checkpoint was written yet"))
+
+    def _stopped(self) -> BaseException:
+        by = signal.Signals(self.stop.signal).name if self.stop.signal else "a signal to another process"
+        return agreed_error(self.dist.is_main,
+                            f"stopped by {by} at step {self.state.step}: checkpoint saved; continue with "
+                            f"`must adapt ... --output {self.run_dir} --resume`")
+
+    def _warn_unreadable(self, batches: Iterable[dict]) -> Iterator[dict]:
+        """Warn once per file that passed the header scan but fails to decode (e.g. truncated data).
+
+        TrainViews already substituted another image, so training goes on; the user learns which file to fix.
+        """
+        for batch in batches:
+            for i in batch.pop("bad").tolist():
+                if i >= 0 and i not in self.unreadable:
+                    self.unreadable.add(i)
+                    self.reporter.warn(f"cannot decode {display_name(self.paths[i])} (truncated or corrupt): "
+                                       "another image was used in its place; replace or remove it")
+            yield batch
