@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from must_cli import __version__
 from must_cli.cache import ResizedCache
 from must_cli.checkpoint import MODEL_FILE, atomic_write_text, save_model
 from must_cli.classnames import IMAGENET_TEMPLATES, read_class_file, read_templates
@@ -27,8 +28,10 @@ from must_cli.inference import predict_labels
 from must_cli.masking import MaskGenerator, resolve_mask_patch_size
 from must_cli.model import MustModel, Preprocess, build_must_model, vision_config
 from must_cli.progress import Reporter, SilentReporter
+from must_cli.report import reported_when_done
 from must_cli.runs import open_run, point_latest, run_fingerprint
 from must_cli.runtime import autocast_for, compile_for_training, default_workers, pick_device
+from must_cli.tensorboard_log import TensorBoardLog, TensorBoardReporter
 from must_cli.trainer import BatchPlan, Nets, Trainer
 from must_cli.views import EpochSampler, TrainViews
 
@@ -44,6 +47,8 @@ class AdaptRequest:
     eval_dir: Path | None = None
     resume: bool = False  # continue a stopped run instead of starting one
     resume_from: Path | None = None  # with resume: a run folder or checkpoint file (default: the output's newest)
+    preset: str | None = None  # recorded for the run report, which lists the settings that differ from it
+    tensorboard: Path | None = None  # also write each epoch's scalars here as TensorBoard events
 
 
 @dataclass
@@ -89,6 +94,7 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
     loader = DataLoader(  # workers x 2 batches in flight: enough to absorb slow images, bounded shared memory
         views, batch_size=plan.per_process, sampler=sampler, num_workers=workers, drop_last=True,
         pin_memory=device.type == "cuda", persistent_workers=workers > 0, prefetch_factor=2 if workers > 0 else None)
+    reporter = TensorBoardReporter(reporter, TensorBoardLog(req.tensorboard)) if req.tensorboard and dist.is_main else reporter
     trainer = Trainer(cfg, plan, nets, loader, sampler, paths, out, fingerprint, dist, device, autocast, reporter,
                       eval_set)
     if resume_from is not None:
@@ -103,18 +109,26 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
 
     zero_shot_preds = predict(zero_shot) if cfg.guard and dist.is_main else None
     trainer.evaluate_zero_shot(zero_shot)
-    metrics = trainer.run()
-
-    final, note = nets.teacher, None
-    if cfg.guard and dist.is_main:
-        verdict = guard(nets.teacher, zero_shot, zero_shot_preds, predict, cfg.guard_min_balance)
-        final, note = verdict.model, verdict.note
-        if note:
-            reporter.warn(note)
-    if dist.is_main:
-        ship(out, final, cfg, classnames, templates, preprocess, note)
+    record = run_record(req, len(paths), len(skipped), f"{device} x {dist.world} process(es)")
+    with reported_when_done(out, record, dist.is_main, str(device), workers, reporter.warn, zero_shot):
+        metrics = trainer.run()
+        final, note = nets.teacher, None
+        if cfg.guard and dist.is_main:
+            verdict = guard(nets.teacher, zero_shot, zero_shot_preds, predict, cfg.guard_min_balance)
+            final, note = verdict.model, verdict.note
+            if note:
+                reporter.warn(note)
+        if dist.is_main:
+            ship(out, final, cfg, classnames, templates, preprocess, note)
     finish(device)
     return AdaptResult(out, out / MODEL_FILE, metrics, len(skipped), note)
+
+
+def run_record(req: AdaptRequest, used: int, skipped: int, device: str) -> dict:
+    """What only the running process knows, for the run report (report_data.py reads it back)."""
+    return {"images": str(req.images.resolve()), "eval_dir": str(req.eval_dir.resolve()) if req.eval_dir else None,
+            "images_used": used, "images_skipped": skipped, "preset": req.preset, "device": device,
+            "must_cli_version": __version__, "status": "running"}
 
 
 def train_cache(cfg: MustConfig, out: Path, preprocess: Preprocess) -> ResizedCache | None:

@@ -123,6 +123,7 @@ def adapt(
         None, "--gpus", min=1,
         help="Run N data-parallel processes on this machine via torch.distributed.run (with --device cpu: gloo, for testing).",
     ),
+    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help="Also write each epoch's scalars to this TensorBoard log folder (needs tensorboard)."),
 ) -> None:
     """Adapt CLIP to a folder of unlabeled images and write model.safetensors."""
     from must_cli.adapt import AdaptRequest, run_adapt
@@ -140,8 +141,8 @@ def adapt(
         from must_cli.launch import launch_local
 
         raise typer.Exit(launch_local(gpus, cfg.device, ctx.meta["must_args"], session.debug))
-    request = AdaptRequest(images=images, classes=classes, templates=templates, output=output, eval_dir=eval_dir,
-                           resume=resume is not None, resume_from=Path(resume) if resume else None)
+    request = AdaptRequest(images, classes, templates, output, eval_dir, resume is not None,
+                           Path(resume) if resume else None, preset, tensorboard)
     result = run_adapt(request, cfg, Reporter(err_console))
     show_adapt_summary(result, eval_dir is not None)
 
@@ -303,7 +304,7 @@ def export(
 
 
 @app.command()
-@friendly
+@one_line_errors
 def report(
     run: Path = typer.Argument(..., help="Run folder written by `must adapt`."),
     images: Optional[Path] = typer.Option(None, "--images", help="The adaptation images (default: what the run recorded)."),

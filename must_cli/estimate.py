@@ -25,7 +25,7 @@ from torchvision import transforms as T
 
 from must_cli.images import ImageReadError, load_rgb
 from must_cli.model import MustModel, Preprocess
-from must_cli.views import _interp, _seeded, _to_tensor, sample_seed, test_view
+from must_cli.views import _interp, _seeded, _to_tensor, eval_view, sample_seed
 
 AUGMENTED_VIEWS = 2  # random views per image: one pair, the least that measures disagreement
 BOOTSTRAP_DRAWS = 1000
@@ -49,7 +49,7 @@ class ViewImages(Dataset):
 
     def __init__(self, paths: Sequence[Path], pre: Preprocess, views: int, seed: int = 0):
         self.paths, self.views, self.seed, self.size = list(paths), views, seed, pre.image_size
-        self.plain, self.augment = test_view(pre), estimate_view(pre)
+        self.plain, self.augment = eval_view(pre), estimate_view(pre)
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -7,12 +7,13 @@ in any browser and prints. Numbers come from report_data.py, figures from report
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from must_cli.config import MustConfig, load_preset
 from must_cli.estimate import Estimate
 from must_cli.images import ImageReadError, display_name, load_rgb
 from must_cli.model import MustModel
+from must_cli.runtime import pick_device
 from must_cli.report_data import ReportData, compute, read_run, write_record
 from must_cli import report_plots as plots
 
@@ -272,8 +274,6 @@ def build_report(run_dir: Path, images: Path | None = None, eval_dir: Path | Non
                  workers: int = 0, warn: Callable[[str], None] = lambda message: None,
                  zero_shot: MustModel | None = None) -> Path:
     """Write ``run_dir/report.html`` and return its path; --images/--eval-dir default to what the run recorded."""
-    from must_cli.adapt import pick_device  # adapt imports this module
-
     start = time.perf_counter()
     run = read_run(run_dir)
     images = images or (Path(run.record["images"]) if run.record.get("images") else None)
@@ -299,17 +299,29 @@ def build_report(run_dir: Path, images: Path | None = None, eval_dir: Path | Non
     return out
 
 
-def report_after_run(run_dir: Path, record: dict, device: str, workers: int, warn: Callable[[str], None],
-                     zero_shot: MustModel | None = None) -> Path | None:
-    """`must adapt`'s last act, however the run ended: store what only the run knows, then write the report.
+@contextlib.contextmanager
+def reported_when_done(run_dir: Path, record: dict, enabled: bool, device: str, workers: int,
+                       warn: Callable[[str], None], zero_shot: MustModel | None = None) -> Iterator[None]:
+    """Around `must adapt`'s training: however it ends, store what only the run knows and write the report.
 
-    A report that cannot be written must neither fail a good run nor hide why a run stopped,
-    so any error becomes one warning that says how to retry.
+    A stop, NaN or full disk is noted in the record and re-raised; a second Ctrl-C ("now") skips
+    the report. A report that cannot be written must neither fail a good run nor hide why a
+    run stopped, so its own errors become one warning that says how to retry.
     """
     try:
-        write_record(run_dir, record)
-        return build_report(run_dir, device=device, workers=workers, warn=warn, zero_shot=zero_shot)
-    except Exception as e:  # noqa: BLE001 - see the docstring
-        warn(f"{run_dir / REPORT_FILE} not written ({' '.join(str(e).split())[:160]}): "
-             f"rebuild it with `must report {run_dir}`")
-        return None
+        yield
+        record["status"] = "finished"
+    except KeyboardInterrupt:
+        enabled = False
+        raise
+    except Exception as e:
+        record["status"] = f"ended early: {' '.join(str(e).split())[:300] or type(e).__name__}"
+        raise
+    finally:
+        if enabled:
+            try:
+                write_record(run_dir, record)
+                build_report(run_dir, device=device, workers=workers, warn=warn, zero_shot=zero_shot)
+            except Exception as e:  # noqa: BLE001 - see the docstring
+                warn(f"{run_dir / REPORT_FILE} not written ({' '.join(str(e).split())[:160]}): "
+                     f"rebuild it with `must report {run_dir}`")

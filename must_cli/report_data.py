@@ -18,15 +18,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from must_cli.checkpoint import (
-    MODEL_FILE, atomic_write_text, list_checkpoints, load_checkpoint, load_model, preprocess_of, read_metadata,
-)
+from must_cli.checkpoint import MODEL_FILE, atomic_write_text, load_checkpoint, load_model, preprocess_of, read_metadata
 from must_cli.config import MustConfig
 from must_cli.errors import MustError
 from must_cli.estimate import Estimate, ViewPredictions, estimate_accuracy, estimate_gain, predict_views
 from must_cli.evaluate import labeled_images
 from must_cli.images import discover_images
 from must_cli.model import MustModel, Preprocess, build_must_model
+from must_cli.runs import list_checkpoints
 
 if sys.version_info >= (3, 11):
     import tomllib

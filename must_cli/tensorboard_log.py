@@ -38,3 +38,25 @@ class TensorBoardLog:
 
     def close(self) -> None:
         self.writer.close()
+
+
+class TensorBoardReporter:
+    """A reporter that also sends each epoch's record (and the zero-shot evaluation) to TensorBoard.
+
+    The trainer already tells its reporter everything once per epoch, so TensorBoard needs no
+    hook of its own; every other call goes to the wrapped reporter unchanged.
+    """
+
+    def __init__(self, inner: Any, log: TensorBoardLog) -> None:
+        self.inner, self.log = inner, log
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def evaluated(self, epoch: int, results: dict[str, dict[str, float]]) -> None:
+        self.inner.evaluated(epoch, results)
+        self.log.write({"epoch": epoch, "eval": results})
+
+    def epoch_done(self, record: dict[str, Any]) -> None:
+        self.inner.epoch_done(record)
+        self.log.write(record)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import CLASSES
+from helpers import CLASSES
 from must_cli.estimate import ViewPredictions, agreement, estimate_accuracy, estimate_gain, predict_views
 from must_cli.images import discover_images
 from must_cli.model import Preprocess

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -95,6 +100,7 @@ def test_report_of_a_finished_run_with_a_labeled_folder(run_copy, unlabeled_imag
 
 
 def test_report_without_images_says_what_is_missing(run_copy):
+    (run_copy / RECORD_FILE).unlink()  # a run made before the record existed
     text, _ = check_page(build_report(run_copy, device="cpu"))
     assert sections(text) == list(SECTIONS[:2])
     assert "must report RUN --images DIR" in text
@@ -118,7 +124,8 @@ def test_must_report_on_a_folder_that_is_not_a_run(tmp_path):
 
 def test_report_of_a_stopped_run_uses_its_newest_checkpoint(run_copy, unlabeled_images):
     (run_copy / "model.safetensors").unlink()
-    (run_copy / "metrics.jsonl").unlink()  # stopped inside the first epoch: only the checkpoint knows anything
+    (run_copy / "metrics.jsonl").unlink()  # killed inside the first epoch: only the checkpoint knows anything
+    (run_copy / RECORD_FILE).unlink()
     text, _ = check_page(build_report(run_copy, images=unlabeled_images, device="cpu"))
     assert "stopped before the end" in text
     assert re.search(r"the EMA teacher of step-\d+\.pt", text)
@@ -178,3 +185,46 @@ def test_sections_stay_compact_for_1000_classes(tmp_path):
     assert html.count("<tr>") <= 3 * 13 + 3  # top-N tables, not one row per class or pair
     assert len(html) < 2_000_000
     assert "the 20 classes most involved in changes" in html
+
+
+def test_adapt_writes_the_report_and_its_record(adapted_run, unlabeled_images):
+    record = json.loads((adapted_run / RECORD_FILE).read_text())
+    assert record["images"] == str(unlabeled_images.resolve()) and record["status"] == "finished"
+    assert record["images_used"] == 24 and record["images_skipped"] == 0
+    text, _ = check_page(adapted_run / "report.html")
+    assert sections(text) == [s for s in SECTIONS if not s.startswith("6.")]
+
+
+def test_adapt_with_eval_dir_and_tensorboard(tmp_path, tiny_spec, classes_file, unlabeled_images, labeled_images):
+    pytest.importorskip("tensorboard")
+    out, tb = tmp_path / "run", tmp_path / "tb"
+    r = CliRunner().invoke(app, [
+        "adapt", str(unlabeled_images), "--classes", str(classes_file), "--model", tiny_spec, "--epochs", "2",
+        "--batch-size", "8", "--workers", "0", "--output", str(out), "--no-guard", "--device", "cpu",
+        "--eval-dir", str(labeled_images), "--tensorboard", str(tb)])
+    assert r.exit_code == 0, r.output
+    text, _ = check_page(out / "report.html")
+    assert sections(text) == list(SECTIONS)
+    final = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]["eval"]["teacher"]
+    assert measured(text, "adapted accuracy (%)") == f"{100 * final['top1']:.1f}"  # same model, same folder
+    assert list(tb.glob("events.out.tfevents.*"))
+
+
+def test_a_run_stopped_by_sigterm_still_writes_its_report(tmp_path, tiny_spec, classes_file, unlabeled_images):
+    out = tmp_path / "run"
+    argv = ["adapt", str(unlabeled_images), "--classes", str(classes_file), "--model", tiny_spec, "--epochs", "6",
+            "--batch-size", "4", "--workers", "0", "--save-every", "2", "--device", "cpu", "--no-guard",
+            "--output", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "must_cli", *argv], text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 180
+    while not list(out.glob("checkpoints/step-*.pt")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "stopped by SIGTERM" in err, err
+    assert not (out / "model.safetensors").exists()
+    assert json.loads((out / RECORD_FILE).read_text())["status"].startswith("ended early: stopped by SIGTERM")
+    text, _ = check_page(out / "report.html")
+    assert "ended early: stopped by SIGTERM" in text and "7. Label-free estimate" in text
