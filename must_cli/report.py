@@ -58,9 +58,10 @@ def section(title: str, how_to_read: str, body: str) -> str:
 
 
 def table(headers: Sequence[str] | None, rows: Sequence[Sequence[object]]) -> str:
+    """Numbers right-aligned under a header row; a header-less (key, value) table reads left to right."""
     head = "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in headers) + "</tr>" if headers else ""
     body = "".join("<tr>" + "".join(
-        f'<td class="num">{esc(c)}</td>' if isinstance(c, (int, float)) or str(c)[:1] in "+-0123456789"
+        f'<td class="num">{esc(c)}</td>' if headers and (isinstance(c, (int, float)) or str(c)[:1] in "+-0123456789")
         else f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table>{head}{body}</table>"
 
@@ -257,7 +258,7 @@ def estimate(d: ReportData) -> str:
                                ("gain", "gain (points)"))]
     g = est["gain"]
     verdict = ("adaptation probably helped" if g.low > 0 else "adaptation probably hurt" if g.high < 0
-               else "the estimate cannot tell whether adaptation helped")
+               else "the estimate cannot tell whether adaptation helped (its interval includes 0)")
     return section(
         "7. Label-free estimate: did adaptation help?",
         "Estimated accuracy = how often a model keeps its label when the image is randomly cropped and flipped "

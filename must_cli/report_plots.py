@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 MAX_BARS = 40  # classes a bar chart labels one by one; above this, a sorted or scatter view
 MAX_MATRIX = 20  # rows and columns of a drawn matrix
@@ -38,7 +38,7 @@ def curves(metrics: Sequence[dict]) -> str:
     """Per epoch: every loss term; kept, balance, agree; learning rate; and accuracies when measured."""
     rows = [m for m in metrics if "loss" in m]
     evals = [m for m in metrics if "eval" in m]
-    fig = _figure(11, 3.2)
+    fig = _figure(11, 3.8)
     axes = fig.subplots(1, 4 if evals else 3)
     epochs = [m["epoch"] for m in rows]
     for key in LOSSES:
@@ -48,7 +48,7 @@ def curves(metrics: Sequence[dict]) -> str:
         axes[1].plot(epochs, [m[key] for m in rows], marker="o", label=key)
     axes[1].set_ylim(-0.02, 1.02)
     axes[2].plot(epochs, [m["lr"] for m in rows], marker="o", color="black")
-    axes[2].ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    axes[2].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.1e}"))
     for ax, title in zip(axes, ("losses (lower is better)", "share of images", "learning rate", "accuracy (labeled folder)")):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
@@ -59,9 +59,9 @@ def curves(metrics: Sequence[dict]) -> str:
             if pts:
                 axes[3].plot(*zip(*pts), marker="o", color=color, label=name.replace("_", "-"))
         axes[3].set_ylim(0, 1.02)
-        axes[3].legend(fontsize=8)
-    for ax in axes[:2]:
-        ax.legend(fontsize=8, framealpha=0.6)
+        axes[3].legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
+    for ax in axes[:2]:  # legends under the plots, where they cover no line
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
     return data_uri(fig)
 
 
