@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from must_cli import __version__
 from must_cli.cache import ResizedCache
 from must_cli.checkpoint import MODEL_FILE, atomic_write_text, save_model
-from must_cli.classnames import IMAGENET_TEMPLATES, read_class_file, read_templates
+from must_cli.classnames import read_class_file, resolve_templates
 from must_cli.config import MustConfig, to_toml
 from must_cli.distributed import Dist, decide_once, finish, init_distributed
 from must_cli.engine import param_groups
@@ -65,7 +65,7 @@ class AdaptResult:
 def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = None) -> AdaptResult:
     """Adapt CLIP to the images with MUST and write model.safetensors into the run folder."""
     classnames = read_class_file(req.classes)
-    templates = read_templates(req.templates) if req.templates else list(IMAGENET_TEMPLATES)
+    templates = resolve_templates(req.templates, cfg.template_set)
     device = pick_device(cfg.device)
     dist = init_distributed(device.type == "cuda")
     if device.type == "cuda" and dist.world > 1:
@@ -75,7 +75,7 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
         reporter = SilentReporter(reporter.console)
     warn_once = reporter.warn if dist.is_main else (lambda message: None)  # input warnings: not once per process
 
-    paths, skipped = scan_images(req.images, warn_once)
+    paths, skipped = scan_images(req.images, warn_once, cfg.max_pixels)
     labeled = labeled_images(req.eval_dir, classnames, warn_once) if req.eval_dir else None
     out, resume_from = decide_once(dist.is_main, lambda: open_run(req.output, req.resume, req.resume_from))
 

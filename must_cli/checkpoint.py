@@ -83,9 +83,48 @@ def save_model(path: Path, model: MustModel, meta: dict[str, Any]) -> None:
     tensors["classifier"] = model.classifier.detach()
     tensors["logit_scale"] = model.logit_scale.detach()
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in tensors.items()}
+    bad = _non_finite(tensors)
+    if bad:
+        raise MustError(f"{path}: not written: weight '{bad}' holds NaN or infinite values (training diverged): "
+                        "rerun with a lower --lr, and keep --guard on")
     header = {"format": MODEL_FORMAT, "must_cli_version": __version__}
     header.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()})
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+
+
+def _non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first tensor holding NaN or +-inf, or None: such a model labels every image the same."""
+    return next((k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+
+
+def _is_number_list(value: Any, n: int) -> bool:
+    return isinstance(value, list) and len(value) == n and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) for x in value)
+
+
+# What predict/eval/export read from the header, each with the check it must pass and what it should be.
+_META_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "vision_config": (lambda v: isinstance(v, dict) and isinstance(v.get("embed_dim"), int)
+                      and isinstance(v.get("vision_cfg"), dict), "a JSON object with embed_dim and vision_cfg"),
+    "classnames": (lambda v: isinstance(v, list) and len(v) >= 2 and all(isinstance(c, str) for c in v),
+                   "a JSON list of at least 2 class names"),
+    "preprocess": (lambda v: isinstance(v, dict) and isinstance(v.get("image_size"), int) and v["image_size"] > 0
+                   and _is_number_list(v.get("mean"), 3) and _is_number_list(v.get("std"), 3)
+                   and all(x > 0 for x in v["std"]) and isinstance(v.get("interpolation", "bicubic"), str),
+                   "a JSON object with image_size, mean[3], std[3]"),
+}
+
+
+def _check_metadata(path: Path, meta: dict[str, Any]) -> None:
+    for key, (ok, expected) in _META_CHECKS.items():
+        if key not in meta:
+            problem = "is missing"
+        elif not ok(meta[key]):
+            problem = f"is not {expected}"
+        else:
+            continue
+        raise MustError(f"{path}: metadata '{key}' {problem}: the file was edited or damaged; "
+                        "restore it or re-run `must adapt`")
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
@@ -110,6 +149,7 @@ def read_metadata(path: Path) -> dict[str, Any]:
             meta[k] = json.loads(v)
         except json.JSONDecodeError:
             meta[k] = v
+    _check_metadata(path, meta)
     return meta
 
 
@@ -129,6 +169,13 @@ def load_model(path: Path) -> tuple[MustModel, dict[str, Any]]:
             f"{path}: weights do not match the architecture in its metadata ({' '.join(str(e).split())[:120]}): "
             "the file is damaged or was edited; re-run `must adapt`"
         ) from None
+    if model.num_classes != len(meta["classnames"]):
+        raise MustError(f"{path}: the classifier has {model.num_classes} classes but the metadata lists "
+                        f"{len(meta['classnames'])} class names: the file was edited; restore it or re-run `must adapt`")
+    bad = _non_finite(state)
+    if bad:
+        raise MustError(f"{path}: weight '{bad}' holds NaN or infinite values, so every prediction would be "
+                        "meaningless: re-run `must adapt` with a lower --lr and --guard on")
     model.eval()
     return model, meta
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 
 from must_cli.errors import MustError
@@ -74,86 +75,20 @@ def fill_templates(templates: Sequence[str], classname: str) -> list[str]:
     return [template.replace("{}", classname) for template in templates]
 
 
-IMAGENET_TEMPLATES: tuple[str, ...] = (
-    'a bad photo of a {}.',
-    'a photo of many {}.',
-    'a sculpture of a {}.',
-    'a photo of the hard to see {}.',
-    'a low resolution photo of the {}.',
-    'a rendering of a {}.',
-    'graffiti of a {}.',
-    'a bad photo of the {}.',
-    'a cropped photo of the {}.',
-    'a tattoo of a {}.',
-    'the embroidered {}.',
-    'a photo of a hard to see {}.',
-    'a bright photo of a {}.',
-    'a photo of a clean {}.',
-    'a photo of a dirty {}.',
-    'a dark photo of the {}.',
-    'a drawing of a {}.',
-    'a photo of my {}.',
-    'the plastic {}.',
-    'a photo of the cool {}.',
-    'a close-up photo of a {}.',
-    'a black and white photo of the {}.',
-    'a painting of the {}.',
-    'a painting of a {}.',
-    'a pixelated photo of the {}.',
-    'a sculpture of the {}.',
-    'a bright photo of the {}.',
-    'a cropped photo of a {}.',
-    'a plastic {}.',
-    'a photo of the dirty {}.',
-    'a jpeg corrupted photo of a {}.',
-    'a blurry photo of the {}.',
-    'a photo of the {}.',
-    'a good photo of the {}.',
-    'a rendering of the {}.',
-    'a {} in a video game.',
-    'a photo of one {}.',
-    'a doodle of a {}.',
-    'a close-up photo of the {}.',
-    'a photo of a {}.',
-    'the origami {}.',
-    'the {} in a video game.',
-    'a sketch of a {}.',
-    'a doodle of the {}.',
-    'a origami {}.',
-    'a low resolution photo of a {}.',
-    'the toy {}.',
-    'a rendition of the {}.',
-    'a photo of the clean {}.',
-    'a photo of a large {}.',
-    'a rendition of a {}.',
-    'a photo of a nice {}.',
-    'a photo of a weird {}.',
-    'a blurry photo of a {}.',
-    'a cartoon {}.',
-    'art of a {}.',
-    'a sketch of the {}.',
-    'a embroidered {}.',
-    'a pixelated photo of a {}.',
-    'itap of the {}.',
-    'a jpeg corrupted photo of the {}.',
-    'a good photo of a {}.',
-    'a plushie {}.',
-    'a photo of the nice {}.',
-    'a photo of the small {}.',
-    'a photo of the weird {}.',
-    'the cartoon {}.',
-    'art of the {}.',
-    'a drawing of the {}.',
-    'a photo of the large {}.',
-    'a black and white photo of a {}.',
-    'the plushie {}.',
-    'a dark photo of a {}.',
-    'itap of a {}.',
-    'graffiti of the {}.',
-    'a toy {}.',
-    'itap of my {}.',
-    'a photo of a cool {}.',
-    'a photo of a small {}.',
-    'a tattoo of the {}.',
-)
-"""CLIP's 80 ImageNet prompts (OpenAI's CLIP notebook; open_clip's OPENAI_IMAGENET_TEMPLATES)."""
+def template_sets() -> list[str]:
+    """Names of the prompt sets shipped in must_cli/templates (the paper's per-dataset sets)."""
+    return sorted(p.name[:-4] for p in resources.files("must_cli.templates").iterdir() if p.name.endswith(".txt"))
+
+
+def shipped_templates(name: str) -> list[str]:
+    """One shipped set, e.g. 'imagenet' (CLIP's 80 prompts) or 'food101' (the one the paper used)."""
+    ref = resources.files("must_cli.templates") / f"{name}.txt"
+    if not ref.is_file():
+        raise MustError(f"unknown template_set '{name}': choose one of {', '.join(template_sets())}, "
+                        "or pass --templates FILE")
+    return [line for line in ref.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def resolve_templates(templates_file: Path | None, template_set: str) -> list[str]:
+    """The prompts a run uses: the user's --templates file if given, else the config's shipped set."""
+    return read_templates(templates_file) if templates_file else shipped_templates(template_set)

@@ -115,6 +115,7 @@ def adapt(
     cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Folder for that copy (default <output>/cache)."),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto, fp32 or bf16."),
     save_every: Optional[int] = typer.Option(None, "--save-every", help="Checkpoint every N steps."),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Skip images with more pixels (a decompression-bomb guard; default 250,000,000); very large ones are decoded reduced."),
     resume: Optional[str] = typer.Option(
         None, "--resume", metavar="[PATH]",
         help="Continue a stopped run: alone, from the newest checkpoint of --output (or runs/latest); or a checkpoint/run path.",
@@ -134,7 +135,7 @@ def adapt(
         model=model, pretrained=pretrained, epochs=epochs, batch_size=batch_size, base_lr=base_lr, device=device,
         seed=seed, workers=workers, mim=mim, align=align, fairness=fairness, guard=guard, accum_steps=accum_steps,
         grad_checkpointing=grad_checkpointing, compile=compile, precision=precision, save_every=save_every,
-        cache=cache, cache_dir=cache_dir,
+        cache=cache, cache_dir=cache_dir, max_pixels=max_pixels,
     )
     cfg = resolve_config(preset, config, overrides)
     if gpus and gpus > 1:
@@ -249,6 +250,7 @@ def predict(
     classes: Optional[Path] = typer.Option(None, "--classes", help="With --zero-shot: one class name per line."),
     pretrained: Optional[str] = typer.Option(None, "--pretrained", help="With --zero-shot: open_clip pretrained tag."),
     templates: Optional[Path] = typer.Option(None, "--templates", help="With --zero-shot: prompt templates file."),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Skip images with more pixels (a decompression-bomb guard; default 250,000,000)."),
 ) -> None:
     """Label a folder of images with an adapted model; optionally write CSV/JSONL or sort into class folders."""
     from rich.table import Table
@@ -258,7 +260,7 @@ def predict(
     from must_cli.progress import Reporter, images_bar
 
     req = PredictRequest(images, model, output, top_k, sort_into, link, min_confidence, batch_size, workers, device,
-                         zero_shot, classes, pretrained, templates)
+                         zero_shot, classes, pretrained, templates, max_pixels)
     with images_bar(err_console, "predict") as advance:
         result = run_predict(req, Reporter(err_console).warn, advance)
     if len(result.predictions) <= 50:

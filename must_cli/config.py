@@ -26,16 +26,21 @@ else:  # pragma: no cover
 AUTO_DEVICE = "auto"  # CUDA when a GPU is visible, else CPU
 AUTO_WORKERS = -1  # the cores this process may use, less one
 INFERENCE_BATCH = 256  # images per forward when only predicting: memory, not accuracy
+PIXEL_CEILING = 1_000_000_000
+"""No image above this many pixels is ever decoded (3 GB as RGB), whatever max_pixels says."""
 
 
 class MustConfig(BaseModel):
     """Hyperparameters of one `must adapt` run (defaults: the paper's ImageNet ViT-B/16 row)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: a TOML `seed = true` or `epochs = "1"` is an error, not a silent coercion (ints still fill
+    # float fields); allow_inf_nan=False: `--lr inf` would otherwise train every weight into NaN.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
     # Backbone
     model: str = Field("ViT-B-16", description="open_clip model name, hf-hub:org/repo or local-dir:PATH")
     pretrained: str = Field("openai", description="open_clip pretrained tag (ignored for hf-hub: and local-dir:)")
+    template_set: str = Field("imagenet", description="prompt templates shipped with must-cli (imagenet, food101, dtd, ...: the paper's per-dataset sets); --templates FILE overrides")
 
     # Schedule
     epochs: int = Field(30, ge=1, description="passes over the unlabeled images")
@@ -43,7 +48,7 @@ class MustConfig(BaseModel):
     accum_steps: int = Field(1, ge=1, description="gradient accumulation steps per optimiser step")
     base_lr: float = Field(2e-5, gt=0, description="learning rate per 256 images (--base-lr/--lr); the run's peak lr = base_lr x global batch / 256")
     min_lr: float = Field(1e-6, ge=0, description="cosine floor per 256 images, scaled like base_lr")
-    weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay (never on norms, biases, tokens)")
+    weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay (never on norms, biases, [CLS]; on [MSK] as in the reference)")
     layer_decay: float = Field(0.65, gt=0, le=1, description="layer-wise lr decay: block i of L gets layer_decay^(L-i)")
     adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1 (first-moment decay)")
     adam_beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2 (second-moment decay)")
@@ -52,7 +57,8 @@ class MustConfig(BaseModel):
     threshold: float = Field(0.7, gt=0, lt=1, description="pseudo-label confidence threshold tau, at the model's own logit scale")
     ema_mu0: float = Field(0.999, gt=0, lt=1, description="EMA teacher decay at step 0")
     ema_mu_final: float = Field(0.9998, gt=0, lt=1, description="EMA teacher decay after the ramp")
-    ema_mu_steps: int = Field(2000, ge=1, description="optimiser steps over which the decay ramps linearly to ema_mu_final")
+    ema_mu_steps: int = Field(2000, ge=1, description="optimiser steps (of ema_ref_batch images) over which the decay ramps linearly to ema_mu_final")
+    ema_ref_batch: int = Field(1024, ge=0, description="global batch the EMA values are stated for; at batch B a step decays by mu^(B/ema_ref_batch) (0: per step, whatever B)")
 
     # Objectives
     fairness: bool = Field(True, description="use the fairness regulariser")
@@ -80,6 +86,12 @@ class MustConfig(BaseModel):
     eval_every: int = Field(1, ge=1, description="with --eval-dir: evaluate every N epochs")
     save_every: int = Field(500, ge=1, description="write a resumable checkpoint every N optimiser steps")
     keep_checkpoints: int = Field(2, ge=1, description="resumable checkpoints to keep")
+
+    # Input safety
+    max_pixels: int = Field(
+        250_000_000, ge=1, le=PIXEL_CEILING,
+        description="images with more pixels are skipped as decompression bombs; very large ones below it are decoded reduced",
+    )
 
     @classmethod
     def default(cls, name: str) -> Any:
@@ -141,7 +153,7 @@ def resolve_config(
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(x) for x in err["loc"])
-        raise MustError(f"config value '{where}': {err['msg']}") from None
+        raise MustError(f"config value '{where}' = {err['input']!r}: {err['msg']}") from None
 
 
 def _toml_value(v: Any) -> str:

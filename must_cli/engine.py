@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from must_cli.config import MustConfig
-from must_cli.distributed import global_mean
+from must_cli.distributed import distributed, global_mean
 from must_cli.losses import alignment_loss, fairness_loss, mim_loss, self_training_loss
 from must_cli.model import MustModel
 
@@ -35,14 +36,18 @@ def layer_id(name: str, num_layers: int) -> int:
 
 
 def param_groups(model: MustModel, weight_decay: float, layer_decay: float) -> list[dict]:
-    """AdamW groups: lr scale layer_decay^(L+1-layer_id), no weight decay on 1-D tensors."""
+    """AdamW groups: lr scale layer_decay^(L+1-layer_id), no weight decay on 1-D tensors.
+
+    [MSK] is decayed although we store it 1-D: the reference keeps it (1, 1, width), which
+    its 1-D rule (optim_factory.py:53) does not exempt, and the paper's numbers used that.
+    """
     num_layers = len(model.visual.transformer.resblocks)
     groups: dict[tuple[int, bool], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         lid = layer_id(name, num_layers)
-        decay = p.ndim > 1
+        decay = p.ndim > 1 or name == "mask_token"
         g = groups.setdefault((lid, decay), {
             "params": [], "names": [], "weight_decay": weight_decay if decay else 0.0,
             "lr_scale": layer_decay ** (num_layers + 1 - lid),
@@ -63,9 +68,23 @@ def cosine_lr(step: int, total: int, peak: float, floor: float) -> float:
     return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def ema_decay(step: int, mu0: float, mu_final: float, ramp_steps: int) -> float:
-    """Teacher decay ramps linearly from mu0 to mu_final over ramp_steps optimiser steps, then stays."""
-    return mu0 + (mu_final - mu0) * min(step / ramp_steps, 1.0)
+def ema_decay(step: int, mu0: float, mu_final: float, ramp_steps: int, batch_ratio: float = 1.0) -> float:
+    """Teacher decay per optimiser step of ``batch_ratio`` = global batch / reference batch.
+
+    mu0, mu_final and ramp_steps are stated at the reference batch; a step of fewer images
+    moves the ramp and the average by that fraction of a reference step (mu ** ratio, ramp
+    in images), so the teacher remembers the same number of images at any global batch.
+    """
+    mu = mu0 + (mu_final - mu0) * min(step * batch_ratio / ramp_steps, 1.0)
+    return mu**batch_ratio
+
+
+def ema_batch_ratio(cfg: MustConfig, micro_batch: int) -> float:
+    """Global batch over cfg.ema_ref_batch (1 when that is 0: decay and ramp per optimiser step)."""
+    if cfg.ema_ref_batch == 0:
+        return 1.0
+    world = dist.get_world_size() if distributed() else 1
+    return micro_batch * world * cfg.accum_steps / cfg.ema_ref_batch
 
 
 @torch.no_grad()
@@ -88,7 +107,7 @@ class TrainState:
     step: int = 0  # optimiser steps done
     epoch: int = 0  # current epoch (0-based)
     batches_done: int = 0  # micro-batches of the current epoch already trained on
-    fair_running: torch.Tensor | None = None  # running p_bar when classes are many
+    fair_running: torch.Tensor | None = None  # running p_bar of this epoch when classes are many
     metrics: list[dict] = field(default_factory=list)
     epoch_sums: torch.Tensor | None = None  # metric sums of the current epoch so far, over all ranks
     epoch_hist: torch.Tensor | None = None  # and its label histogram, so a resumed epoch logs like an uninterrupted one
@@ -122,11 +141,15 @@ def must_step(
     loss_fair = loss_mim = loss_align = zero
     if cfg.fairness:
         p_bar = global_mean(out.logits.float().softmax(dim=1))
+        scale = 1.0
         if core.num_classes >= cfg.fair_running_classes:
-            if state.fair_running is not None:
+            # As engine_self_training.py:69-75: the average restarts with each epoch (a resumed
+            # run restores it from the checkpoint), and /0.5 restores the batch's gradient weight.
+            if state.fair_running is not None and state.batches_done > 0:
                 p_bar = 0.5 * (state.fair_running + p_bar)
             state.fair_running = p_bar.detach()
-        loss_fair = fairness_loss(p_bar)
+            scale = 2.0
+        loss_fair = scale * fairness_loss(p_bar)
         loss = loss + cfg.w_fair * loss_fair
     if cfg.mim:
         target_mask = pixel_mask(mask, core.grid_size, core.patch_size)
@@ -182,7 +205,8 @@ def train_epoch(
             g["lr"] = lr * g["lr_scale"]
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        ema_update(teacher, core, ema_decay(state.step, cfg.ema_mu0, cfg.ema_mu_final, cfg.ema_mu_steps))
+        ratio = ema_batch_ratio(cfg, batch["weak"].shape[0])
+        ema_update(teacher, core, ema_decay(state.step, cfg.ema_mu0, cfg.ema_mu_final, cfg.ema_mu_steps, ratio))
         state.step += 1
         stop = on_step(state, metrics, hist, lr)
         metrics = hist = None

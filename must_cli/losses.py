@@ -11,13 +11,16 @@ def self_training_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """L_cls (eq. 2): cross-entropy to the teacher's hard label where the teacher is confident.
 
-    Averaged over the whole batch (1/B), as in the paper, so a batch where nothing
-    passes the threshold contributes zero rather than NaN. Returns (loss, keep mask).
+    Averaged over the confident images only, as the authors' code does
+    (engine_self_training.py:62), so the term's weight against the other objectives does not
+    shrink with the kept fraction. Confident means strictly above tau, as there. With nothing
+    kept the term is an exact 0 with a zero gradient, never NaN. Returns (loss, keep mask).
     """
     confidence, pseudo = teacher_probs.max(dim=1)
-    keep = confidence >= threshold
+    keep = confidence > threshold
     ce = F.cross_entropy(student_logits.float(), pseudo, reduction="none")
-    return (ce * keep).sum() / student_logits.shape[0], keep
+    # where(), not ce * keep: a non-finite CE on a dropped row must not leak in as 0 * inf = NaN.
+    return torch.where(keep, ce, 0.0).sum() / keep.sum().clamp_min(1), keep
 
 
 def fairness_loss(mean_probs: torch.Tensor) -> torch.Tensor:

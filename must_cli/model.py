@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from open_clip.transformer import QuickGELU, VisionTransformer
 from torch import nn
 
-from must_cli.classnames import IMAGENET_TEMPLATES, fill_templates, read_templates
+from must_cli.classnames import fill_templates, resolve_templates
 from must_cli.config import MustConfig
 from must_cli.errors import MustError
 
@@ -89,14 +89,21 @@ class MustModel(nn.Module):
         return v.transformer(v.ln_pre(x))
 
     def project(self, tokens: torch.Tensor, norm: nn.Module) -> torch.Tensor:
-        """h(z) of the paper: a LayerNorm, CLIP's projection, then L2 normalisation."""
-        z = norm(tokens)
-        if self.visual.proj is not None:
-            z = z @ self.visual.proj
-        return F.normalize(z, dim=-1)
+        """h(z) of the paper: a LayerNorm, CLIP's projection, then L2 normalisation.
+
+        Always fp32, also under bf16 autocast: at logit scale 100 a bf16 embedding moves logits
+        by ~0.1 and flips confidence decisions near tau (benchmarks/bf16_flips.py). It is cheap.
+        """
+        with torch.autocast(tokens.device.type, enabled=False):  # the weights' dtype: fp32 unless exported as fp16
+            z = norm(tokens.to(norm.weight.dtype))
+            if self.visual.proj is not None:
+                z = z @ self.visual.proj
+            return F.normalize(z, dim=-1)
 
     def classify(self, embedding: torch.Tensor) -> torch.Tensor:
-        return self.logit_scale * embedding @ self.classifier
+        """Logits in the classifier's dtype (fp32 in training), whatever autocast is active."""
+        with torch.autocast(embedding.device.type, enabled=False):
+            return self.logit_scale * embedding.to(self.classifier.dtype) @ self.classifier
 
     def forward(
         self, images: torch.Tensor, mask: torch.Tensor | None = None, *, reconstruct: bool = False,
@@ -238,7 +245,7 @@ def build_zero_shot(
     device: torch.device,
 ) -> tuple[MustModel, Preprocess]:
     """Plain CLIP as a MustModel (for `--zero-shot` comparisons), with adapt's default model, tag and prompts."""
-    templates = read_templates(templates_file) if templates_file else list(IMAGENET_TEMPLATES)
+    templates = resolve_templates(templates_file, MustConfig.default("template_set"))
     built, pre = build_must_model(model or MustConfig.default("model"), pretrained or MustConfig.default("pretrained"),
                                   classnames, templates, device)
     return built.eval(), pre

@@ -19,6 +19,7 @@ from timm.data.auto_augment import rand_augment_transform
 from torch.utils.data import Dataset, Sampler
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
+from torchvision.transforms.functional import pil_modes_mapping
 
 from must_cli.cache import ResizedCache
 from must_cli.images import ImageReadError, load_rgb
@@ -55,6 +56,7 @@ def strong_view(pre: Preprocess) -> T.Compose:
         # At magnitude 10 timm's increasing posterize keeps 0 bits, which Pillow >= 10 rejects;
         # 9.99 keeps 1 bit there and leaves every other op unchanged.
         "magnitude_max": 9.99,
+        "interpolation": pil_modes_mapping[interp],  # geometric ops resample as the crop does, as timm's factory sets
     }
     return T.Compose([
         T.RandomResizedCrop(pre.image_size, scale=(0.3, 1.0), interpolation=interp),

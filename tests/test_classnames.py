@@ -3,11 +3,14 @@ import time
 import pytest
 
 from must_cli.classnames import (
-    IMAGENET_TEMPLATES,
     fill_templates,
     read_class_file,
     read_templates,
+    resolve_templates,
+    shipped_templates,
+    template_sets,
 )
+from must_cli.config import load_preset, preset_names
 from must_cli.errors import MustError
 
 
@@ -86,7 +89,27 @@ def test_bad_templates(tmp_path, text, message):
 
 
 def test_imagenet_templates():
-    assert len(IMAGENET_TEMPLATES) == len(set(IMAGENET_TEMPLATES)) == 80
-    assert IMAGENET_TEMPLATES[0] == "a bad photo of a {}."
-    assert all(t.count("{}") == 1 for t in IMAGENET_TEMPLATES)
-    assert fill_templates(IMAGENET_TEMPLATES[:2], "dog") == ["a bad photo of a dog.", "a photo of many dog."]
+    imagenet = shipped_templates("imagenet")
+    assert len(imagenet) == len(set(imagenet)) == 80
+    assert imagenet[0] == "a bad photo of a {}."
+    assert all(t.count("{}") == 1 for t in imagenet)
+    assert fill_templates(imagenet[:2], "dog") == ["a bad photo of a dog.", "a photo of many dog."]
+
+
+def test_paper_template_sets_ship_with_their_sizes_and_each_paper_preset_names_its_own():
+    sizes = {name: len(shipped_templates(name)) for name in template_sets()}
+    assert sizes == {"caltech101": 34, "dtd": 8, "food101": 1, "gtsrb": 3, "imagenet": 80, "pets": 1,
+                     "sun397": 2, "ucf101": 48}
+    assert shipped_templates("food101") == ["a photo of {}, a type of food."]
+    for preset in preset_names():
+        dataset = preset.split("-")[0]
+        expected = dataset if dataset in sizes else "imagenet"
+        assert load_preset(preset).get("template_set", "imagenet") == expected, preset
+
+
+def test_templates_file_overrides_the_set_and_unknown_set_is_one_line(tmp_path):
+    assert resolve_templates(write(tmp_path, "a {} here\n", "t.txt"), "food101") == ["a {} here"]
+    assert resolve_templates(None, "gtsrb")[0] == 'a zoomed in photo of a "{}" traffic sign.'
+    with pytest.raises(MustError, match="unknown template_set 'nope': choose one of caltech101, dtd"):
+        resolve_templates(None, "nope")
+

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from must_cli.checkpoint import atomic_write, load_model, preprocess_of, save_model
 from must_cli.cli import app
-from must_cli.classnames import IMAGENET_TEMPLATES
+from must_cli.classnames import shipped_templates
 from must_cli.inference import predict_labels
 from must_cli.images import scan_images
 from must_cli.model import build_must_model, vision_config
@@ -179,7 +179,7 @@ def test_zero_shot_with_local_spec_labels_like_plain_clip(tiny_spec, classes_fil
     result = invoke(str(unlabeled_images), "--zero-shot", "--model", tiny_spec, "--classes", str(classes_file),
                     "--output", str(out))
     assert result.exit_code == 0, result.output
-    clip, pre = build_must_model(tiny_spec, None, CLASSES, IMAGENET_TEMPLATES, torch.device("cpu"))
+    clip, pre = build_must_model(tiny_spec, None, CLASSES, shipped_templates("imagenet"), torch.device("cpu"))
     paths, _ = scan_images(unlabeled_images, lambda m: None)
     expected = [CLASSES[i] for i in predict_labels(clip, paths, pre, torch.device("cpu")).tolist()]
     assert [json.loads(line)["labels"][0] for line in out.read_text().splitlines()] == expected
