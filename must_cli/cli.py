@@ -142,9 +142,8 @@ def adapt(
         from must_cli.launch import launch_local
 
         raise typer.Exit(launch_local(gpus, cfg.device, ctx.meta["must_args"], session.debug))
-    request = AdaptRequest(images, classes, templates, output, eval_dir, resume is not None,
-                           Path(resume) if resume else None, preset, tensorboard)
-    result = run_adapt(request, cfg, Reporter(err_console))
+    result = run_adapt(AdaptRequest(images, classes, templates, output, eval_dir, resume is not None,
+                                    Path(resume) if resume else None, preset, tensorboard), cfg, Reporter(err_console))
     show_adapt_summary(result, eval_dir is not None)
 
 
