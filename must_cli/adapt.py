@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from must_cli import __version__
 from must_cli.cache import ResizedCache
-from must_cli.checkpoint import MODEL_FILE, atomic_write_text, save_model
+from must_cli.checkpoint import atomic_write_text, save_model
 from must_cli.classnames import read_class_file, resolve_templates
 from must_cli.config import MustConfig, to_toml
 from must_cli.distributed import Dist, decide_once, finish, init_distributed
@@ -29,7 +29,10 @@ from must_cli.masking import MaskGenerator, resolve_mask_patch_size
 from must_cli.model import MustModel, Preprocess, build_must_model, vision_config
 from must_cli.progress import Reporter, SilentReporter
 from must_cli.report import reported_when_done
-from must_cli.runs import open_run, point_latest, run_fingerprint
+from must_cli.record import RunInputs, absolute_model, record_text
+from must_cli.runs import (
+    CONFIG_FILE, MODEL_FILE, RunFolder, checkpoints_of, plan_run, point_latest, prune_checkpoints, run_fingerprint,
+)
 from must_cli.runtime import autocast_for, compile_for_training, default_workers, pick_device
 from must_cli.tensorboard_log import TensorBoardLog, TensorBoardReporter
 from must_cli.trainer import BatchPlan, Nets, Trainer
@@ -38,16 +41,13 @@ from must_cli.views import EpochSampler, TrainViews
 
 @dataclass
 class AdaptRequest:
-    """The inputs of one run besides hyperparameters."""
+    """The inputs of one run besides hyperparameters, and where it writes."""
 
-    images: Path
-    classes: Path
-    templates: Path | None = None
+    inputs: RunInputs
     output: Path | None = None
-    eval_dir: Path | None = None
     resume: bool = False  # continue a stopped run instead of starting one
     resume_from: Path | None = None  # with resume: a run folder or checkpoint file (default: the output's newest)
-    preset: str | None = None  # recorded for the run report, which lists the settings that differ from it
+    overwrite: bool = False  # a fresh run may replace a finished or stopped run in the output folder
     tensorboard: Path | None = None  # also write each epoch's scalars here as TensorBoard events
 
 
@@ -62,10 +62,35 @@ class AdaptResult:
     guard_note: str | None  # why the zero-shot model was shipped, if it was
 
 
+@dataclass
+class Setup:
+    """Everything a run needs that is decided before training: inputs, device, processes, model."""
+
+    cfg: MustConfig
+    images: Path
+    classnames: list[str]
+    templates: list[str]
+    paths: list[Path]
+    skipped: int
+    labeled: tuple[list[Path], list[int]] | None
+    device: torch.device
+    dist: Dist
+    reporter: Reporter
+    model: MustModel
+    preprocess: Preprocess
+    tensorboard: Path | None = None  # --tensorboard DIR
+
+
 def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = None) -> AdaptResult:
-    """Adapt CLIP to the images with MUST and write model.safetensors into the run folder."""
-    classnames = read_class_file(req.classes)
-    templates = resolve_templates(req.templates, cfg.template_set)
+    """Adapt CLIP to the images with MUST and write model.safetensors into the run folder.
+
+    The folder is created (and locked) only once the model has loaded, so a bad model spec
+    or a missing network leaves nothing behind.
+    """
+    inputs = req.inputs
+    classnames = read_class_file(inputs.classes)
+    templates = resolve_templates(inputs.templates, cfg.template_set)
+    cfg = cfg.model_copy(update={"model": absolute_model(cfg.model)})
     device = pick_device(cfg.device)
     dist = init_distributed(device.type == "cuda")
     if device.type == "cuda" and dist.world > 1:
@@ -74,42 +99,66 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
     if not dist.is_main:
         reporter = SilentReporter(reporter.console)
     warn_once = reporter.warn if dist.is_main else (lambda message: None)  # input warnings: not once per process
-
-    paths, skipped = scan_images(req.images, warn_once, cfg.max_pixels)
-    labeled = labeled_images(req.eval_dir, classnames, warn_once) if req.eval_dir else None
-    out, resume_from = decide_once(dist.is_main, lambda: open_run(req.output, req.resume, req.resume_from))
-
+    paths, skipped = scan_images(inputs.images, warn_once, cfg.max_pixels)
+    labeled = labeled_images(inputs.eval_dir, classnames, warn_once) if inputs.eval_dir else None
+    plan = decide_once(dist.is_main, lambda: plan_run(req.output, req.resume, req.resume_from, req.overwrite))
     torch.manual_seed(cfg.seed)  # [MSK], ln_patch and decoder initialisation
     model, preprocess = build_must_model(cfg.model, cfg.pretrained, classnames, templates, device)
-    masks = mask_generator(cfg, model, preprocess, reporter)
-    plan = BatchPlan.for_images(len(paths), dist.world, cfg, warn_once, req.images)
+    setup = Setup(cfg, inputs.images, classnames, templates, paths, len(skipped), labeled, device, dist, reporter,
+                  model, preprocess, req.tensorboard)
+    held: list[RunFolder] = []  # rank 0's open, locked folder
+
+    def open_folder() -> Path:
+        held.append(RunFolder(plan))
+        if plan.checkpoint is None or not (held[0].path / CONFIG_FILE).exists():
+            atomic_write_text(held[0].path / CONFIG_FILE, record_text(held[0].path, cfg, inputs))
+        return held[0].path
+
+    out = decide_once(dist.is_main, open_folder)
+    try:
+        return train_and_ship(setup, out, plan.checkpoint)
+    finally:
+        for folder in held:
+            folder.close()
+
+
+def train_and_ship(setup: Setup, out: Path, resume_from: Path | None) -> AdaptResult:
+    """Train in ``out`` (from ``resume_from`` if given), run the guard, write the model; every rank calls this."""
+    cfg, dist, device, reporter, preprocess = setup.cfg, setup.dist, setup.device, setup.reporter, setup.preprocess
+    masks = mask_generator(cfg, setup.model, preprocess, reporter)
+    warn_once = reporter.warn if dist.is_main else (lambda message: None)
+    plan = BatchPlan.for_images(len(setup.paths), dist.world, cfg, warn_once, setup.images)
     workers, autocast = default_workers(cfg.workers), autocast_for(device, cfg.precision)
-    zero_shot = copy.deepcopy(model).eval() if cfg.guard or labeled else None
-    nets = build_nets(model, cfg, dist, device)
-    eval_set = LabeledSet(*labeled, classnames, preprocess, device, autocast, workers) if labeled else None
-    fingerprint = run_fingerprint(cfg, classnames, templates, [p.relative_to(req.images) for p in paths],
-                                  plan.global_batch, plan.steps_per_epoch)
-    sampler = EpochSampler(len(paths), cfg.seed, dist.rank, dist.world)
-    views = TrainViews(paths, preprocess, masks, cfg.seed, train_cache(cfg, out, preprocess))
+    zero_shot = copy.deepcopy(setup.model).eval() if cfg.guard or setup.labeled else None
+    nets = build_nets(setup.model, cfg, dist, device)
+    eval_set = (LabeledSet(*setup.labeled, setup.classnames, preprocess, device, autocast, workers)
+                if setup.labeled else None)
+    fingerprint = run_fingerprint(cfg, setup.classnames, setup.templates,
+                                  [p.relative_to(setup.images) for p in setup.paths], plan.global_batch,
+                                  plan.steps_per_epoch)
+    sampler = EpochSampler(len(setup.paths), cfg.seed, dist.rank, dist.world)
+    views = TrainViews(setup.paths, preprocess, masks, cfg.seed, train_cache(cfg, out, preprocess))
     loader = DataLoader(  # workers x 2 batches in flight: enough to absorb slow images, bounded shared memory
         views, batch_size=plan.per_process, sampler=sampler, num_workers=workers, drop_last=True,
         pin_memory=device.type == "cuda", persistent_workers=workers > 0, prefetch_factor=2 if workers > 0 else None)
-    reporter = TensorBoardReporter(reporter, TensorBoardLog(req.tensorboard)) if req.tensorboard and dist.is_main else reporter
-    trainer = Trainer(cfg, plan, nets, loader, sampler, paths, out, fingerprint, dist, device, autocast, reporter,
-                      eval_set)
+    if setup.tensorboard and dist.is_main:
+        reporter = TensorBoardReporter(reporter, TensorBoardLog(setup.tensorboard))
+    trainer = Trainer(cfg, plan, nets, loader, sampler, setup.paths, out, fingerprint, dist, device, autocast,
+                      reporter, eval_set)
     if resume_from is not None:
         trainer.resume(resume_from)
-    reporter.info(f"{len(paths)} images, {len(classnames)} classes, {preprocess.image_size}-px views, "
+    reporter.info(f"{len(setup.paths)} images, {len(setup.classnames)} classes, {preprocess.image_size}-px views, "
                   f"{dist.world} process(es) x batch {plan.per_process} x accum {cfg.accum_steps} = "
                   f"{plan.global_batch}, lr {trainer.peak_lr:.2e}, {plan.total_steps} steps on {device}, output {out}")
-    pool = guard_sample(paths)
+    pool = guard_sample(setup.paths)
 
     def predict(model: MustModel) -> torch.Tensor:
         return predict_labels(model, pool, preprocess, device, workers=workers, autocast=autocast)
 
     zero_shot_preds = predict(zero_shot) if cfg.guard and dist.is_main else None
     trainer.evaluate_zero_shot(zero_shot)
-    record = run_record(req, len(paths), len(skipped), f"{device} x {dist.world} process(es)")
+    record = {"images_used": len(setup.paths), "images_skipped": setup.skipped, "must_cli_version": __version__,
+              "device": f"{device} x {dist.world} process(es)"}  # for the report: what only this process knows
     with reported_when_done(out, record, dist.is_main, str(device), workers, reporter.warn, zero_shot):
         metrics = trainer.run()
         final, note = nets.teacher, None
@@ -119,16 +168,9 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
             if note:
                 reporter.warn(note)
         if dist.is_main:
-            ship(out, final, cfg, classnames, templates, preprocess, note)
+            ship(out, final, setup, note)
     finish(device)
-    return AdaptResult(out, out / MODEL_FILE, metrics, len(skipped), note)
-
-
-def run_record(req: AdaptRequest, used: int, skipped: int, device: str) -> dict:
-    """What only the running process knows, for the run report (report_data.py reads it back)."""
-    return {"images": str(req.images.resolve()), "eval_dir": str(req.eval_dir.resolve()) if req.eval_dir else None,
-            "images_used": used, "images_skipped": skipped, "preset": req.preset, "device": device,
-            "must_cli_version": __version__, "status": "running"}
+    return AdaptResult(out, out / MODEL_FILE, metrics, setup.skipped, note)
 
 
 def train_cache(cfg: MustConfig, out: Path, preprocess: Preprocess) -> ResizedCache | None:
@@ -169,15 +211,15 @@ def build_nets(model: MustModel, cfg: MustConfig, dist: Dist, device: torch.devi
     return Nets(model, teacher, optimizer, train_student, train_teacher)
 
 
-def ship(out: Path, final: MustModel, cfg: MustConfig, classnames: list[str], templates: list[str],
-         preprocess: Preprocess, guard_note: str | None) -> None:
-    """Write model.safetensors with everything predict needs offline, the config, and runs/latest."""
+def ship(out: Path, final: MustModel, setup: Setup, guard_note: str | None) -> None:
+    """Write model.safetensors with everything predict needs offline, prune checkpoints, point runs/latest."""
+    cfg = setup.cfg
     meta = {
-        "vision_config": vision_config(cfg.model, final.visual), "classnames": classnames,
-        "templates": templates, "preprocess": preprocess.__dict__, "config": to_toml(cfg),
+        "vision_config": vision_config(cfg.model, final.visual), "classnames": setup.classnames,
+        "templates": setup.templates, "preprocess": setup.preprocess.__dict__, "config": to_toml(cfg),
         "source_model": {"model": cfg.model, "pretrained": cfg.pretrained},
         "chosen": "zero-shot (guard)" if guard_note else "ema-teacher",
     }
     save_model(out / MODEL_FILE, final, meta)
-    atomic_write_text(out / "config.toml", to_toml(cfg))
+    prune_checkpoints(checkpoints_of(out), cfg.keep_checkpoints)
     point_latest(out)

@@ -21,10 +21,9 @@ from safetensors import safe_open
 from must_cli import __version__
 from must_cli.errors import MustError
 from must_cli.model import MustModel, Preprocess, build_visual
-from must_cli.runs import checkpoint_path, list_checkpoints
+from must_cli.runs import MODEL_FILE, checkpoint_path, prune_checkpoints
 
 MODEL_FORMAT = "must-cli/1"
-MODEL_FILE = "model.safetensors"
 
 
 def _umask() -> int:
@@ -197,8 +196,7 @@ def save_checkpoint(folder: Path, step: int, payload: dict[str, Any], keep: int)
             torch.save(payload, f)
 
     atomic_write(path, write, retry="resume with --resume")
-    for old in [*list_checkpoints(folder)[:-keep], *folder.glob(".step-*.pt.*.tmp")]:
-        old.unlink(missing_ok=True)
+    prune_checkpoints(folder, keep)
     return path
 
 

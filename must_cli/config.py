@@ -85,7 +85,7 @@ class MustConfig(BaseModel):
     cache_dir: str = Field("", description="folder for that copy (empty: <output>/cache); share it between runs")
     eval_every: int = Field(1, ge=1, description="with --eval-dir: evaluate every N epochs")
     save_every: int = Field(500, ge=1, description="write a resumable checkpoint every N optimiser steps")
-    keep_checkpoints: int = Field(2, ge=1, description="resumable checkpoints to keep")
+    keep_checkpoints: int = Field(1, ge=1, description="resumable checkpoints kept once the run finishes (while it runs, at least 2)")
 
     # Input safety
     max_pixels: int = Field(

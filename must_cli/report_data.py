@@ -68,6 +68,9 @@ def read_run(root: Path) -> RunFolder:
         raise MustError(f"{root} is not a run folder (no {MODEL_FILE} and no checkpoints/): "
                         "pass the folder that `must adapt --output` wrote")
     record = json.loads((root / RECORD_FILE).read_text()) if (root / RECORD_FILE).is_file() else {}
+    if (root / "config.toml").is_file():  # its [meta] table names the run's inputs from the start
+        meta = tomllib.loads((root / "config.toml").read_text(encoding="utf-8")).get("meta", {})
+        record = {**{k: meta[k] for k in ("images", "eval_dir", "preset") if k in meta}, **record}
     metrics = [json.loads(line) for line in (root / "metrics.jsonl").read_text().splitlines() if line.strip()] \
         if has_metrics else []
     if has_model:

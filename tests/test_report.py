@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from must_cli.cli import app
 from must_cli.evaluate import EvalRequest, run_eval
 from must_cli.report import build_report
-from must_cli.report_data import RECORD_FILE
+from must_cli.report_data import RECORD_FILE, read_run
 
 SECTIONS = ("1. Summary", "2. Training curves", "3. Pseudo-labels", "4. Zero-shot vs adapted", "5. Example images",
             "6. Accuracy on the labeled folder", "7. Label-free estimate")
@@ -100,7 +100,8 @@ def test_report_of_a_finished_run_with_a_labeled_folder(run_copy, unlabeled_imag
 
 
 def test_report_without_images_says_what_is_missing(run_copy):
-    (run_copy / RECORD_FILE).unlink()  # a run made before the record existed
+    (run_copy / RECORD_FILE).unlink()  # a run made before runs recorded their inputs
+    (run_copy / "config.toml").unlink()
     text, _ = check_page(build_report(run_copy, device="cpu"))
     assert sections(text) == list(SECTIONS[:2])
     assert "must report RUN --images DIR" in text
@@ -189,8 +190,8 @@ def test_sections_stay_compact_for_1000_classes(tmp_path):
 
 def test_adapt_writes_the_report_and_its_record(adapted_run, unlabeled_images):
     record = json.loads((adapted_run / RECORD_FILE).read_text())
-    assert record["images"] == str(unlabeled_images.resolve()) and record["status"] == "finished"
-    assert record["images_used"] == 24 and record["images_skipped"] == 0
+    assert record["status"] == "finished" and record["images_used"] == 24 and record["images_skipped"] == 0
+    assert read_run(adapted_run).record["images"] == str(unlabeled_images.resolve())  # from config.toml
     text, _ = check_page(adapted_run / "report.html")
     assert sections(text) == [s for s in SECTIONS if not s.startswith("6.")]
 
