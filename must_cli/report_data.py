@@ -1,10 +1,10 @@
 """What a run report is computed from: the run folder, its models, and a sample of its images.
 
 A run folder always holds ``metrics.jsonl`` and/or checkpoints, and ``model.safetensors`` once
-it finished. ``run-record.json`` (written by `must adapt` when the run ends, however it ends)
-adds the few facts the folder cannot give back: where the images were, how many were
-skipped, the device and the outcome. Everything else is recomputed here, so `must report`
-also works for runs made before the record existed (pass --images / --eval-dir then).
+it finished; ``config.toml``'s [meta] names the image and labeled folders. ``run-record.json``
+(written by `must adapt` when the run ends, however it ends) adds the few facts the folder
+cannot give back: images used and skipped, the device and the outcome. Everything else is
+recomputed here, so `must report` also works for older runs (pass --images / --eval-dir then).
 """
 
 from __future__ import annotations
