@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from must_cli import __version__
 from must_cli.cache import ResizedCache
 from must_cli.checkpoint import atomic_write_text, save_model
 from must_cli.classnames import read_class_file, resolve_templates
@@ -28,11 +29,13 @@ from must_cli.masking import MaskGenerator, resolve_mask_patch_size
 from must_cli.model import MustModel, Preprocess, build_must_model, vision_config
 from must_cli.priors import as_metadata, resolve_prior, zero_shot_probs
 from must_cli.progress import Reporter, SilentReporter
+from must_cli.report import reported_when_done
 from must_cli.record import RunInputs, absolute_model, record_text
 from must_cli.runs import (
     CONFIG_FILE, MODEL_FILE, RunFolder, checkpoints_of, plan_run, point_latest, prune_checkpoints, run_fingerprint,
 )
 from must_cli.runtime import autocast_for, compile_for_training, default_workers, pick_device
+from must_cli.tensorboard_log import TensorBoardLog, TensorBoardReporter
 from must_cli.trainer import BatchPlan, Nets, Trainer
 from must_cli.views import EpochSampler, TrainViews
 from must_cli.warmstart import load_warm_start
@@ -49,6 +52,7 @@ class AdaptRequest:
     resume: bool = False  # continue a stopped run instead of starting one
     resume_from: Path | None = None  # with resume: a run folder or checkpoint file (default: the output's newest)
     overwrite: bool = False  # a fresh run may replace a finished or stopped run in the output folder
+    tensorboard: Path | None = None  # also write each epoch's scalars here as TensorBoard events
     init_from: Path | None = None  # warm start from this adapted run (image tower, [MSK], decoder)
     predict: bool = False  # also write RUN/predictions.csv for the adapted images, as `must predict` does
 
@@ -82,6 +86,7 @@ class Setup:
     reporter: Reporter
     model: MustModel
     preprocess: Preprocess
+    tensorboard: Path | None = None  # --tensorboard DIR
 
 
 def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = None) -> AdaptResult:
@@ -108,7 +113,7 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
     torch.manual_seed(cfg.seed)  # [MSK], ln_patch and decoder initialisation
     model, preprocess, cfg = starting_model(req.init_from, cfg, classnames, templates, device, reporter)
     setup = Setup(cfg, inputs.images, classnames, templates, paths, len(skipped), labeled, device, dist, reporter,
-                  model, preprocess)
+                  model, preprocess, req.tensorboard)
     held: list[RunFolder] = []  # rank 0's open, locked folder
 
     def open_folder() -> Path:
@@ -150,6 +155,8 @@ def train_and_ship(setup: Setup, out: Path, resume_from: Path | None) -> AdaptRe
     loader = DataLoader(  # workers x 2 batches in flight: enough to absorb slow images, bounded shared memory
         views, batch_size=plan.per_process, sampler=sampler, num_workers=workers, drop_last=True,
         pin_memory=device.type == "cuda", persistent_workers=workers > 0, prefetch_factor=2 if workers > 0 else None)
+    if setup.tensorboard and dist.is_main:
+        reporter = TensorBoardReporter(reporter, TensorBoardLog(setup.tensorboard))
     trainer = Trainer(cfg, plan, nets, loader, sampler, setup.paths, out, fingerprint, dist, device, autocast,
                       reporter, eval_set)
     if resume_from is not None:
@@ -164,16 +171,19 @@ def train_and_ship(setup: Setup, out: Path, resume_from: Path | None) -> AdaptRe
 
     zero_shot_preds = predict(zero_shot) if cfg.guard and dist.is_main else None
     trainer.evaluate_zero_shot(zero_shot)
-    metrics = trainer.run()
-    final, note = nets.teacher, None
-    if cfg.guard and dist.is_main:
-        verdict = guard(nets.teacher, zero_shot, zero_shot_preds, predict, cfg.guard_min_balance, prior)
-        final, note = verdict.model, verdict.note
-        if note:
-            reporter.warn(note)
-    prior_meta = as_metadata(cfg.class_prior, prior, setup.classnames)
-    if dist.is_main:
-        ship(out, final, setup, note, prior_meta)
+    record = {"images_used": len(setup.paths), "images_skipped": setup.skipped, "must_cli_version": __version__,
+              "device": f"{device} x {dist.world} process(es)"}  # for the report: what only this process knows
+    with reported_when_done(out, record, dist.is_main, str(device), workers, reporter.warn, zero_shot):
+        metrics = trainer.run()
+        final, note = nets.teacher, None
+        if cfg.guard and dist.is_main:
+            verdict = guard(nets.teacher, zero_shot, zero_shot_preds, predict, cfg.guard_min_balance, prior)
+            final, note = verdict.model, verdict.note
+            if note:
+                reporter.warn(note)
+        prior_meta = as_metadata(cfg.class_prior, prior, setup.classnames)
+        if dist.is_main:
+            ship(out, final, setup, note, prior_meta)
     finish(device)
     return AdaptResult(out, out / MODEL_FILE, metrics, setup.skipped, note, prior_meta)
 

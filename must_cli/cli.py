@@ -151,6 +151,7 @@ def adapt(
     freeze_classifier: Optional[bool] = typer.Option(None, "--freeze-classifier/--train-classifier", show_default=False, help=config_help("freeze_classifier")),
     predict: Optional[bool] = typer.Option(None, "--predict", show_default=False, help="At the end, write RUN/predictions.csv for these images (as `must predict`)."),
     gpus: Optional[int] = typer.Option(None, "--gpus", min=1, metavar="N", help="Run N data-parallel processes here via torch.distributed.run (with --device cpu: gloo, for testing)."),
+    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", metavar="DIR", help="Also write each epoch's scalars to this TensorBoard log folder (needs tensorboard)."),
 ) -> None:
     """Adapt CLIP to a folder of unlabeled images with MUST and write RUN/model.safetensors.
 
@@ -167,7 +168,7 @@ def adapt(
         raise typer.Exit(launch_local(gpus, cfg.device, ctx.meta["must_args"], session.debug))
     from must_cli.adapt import AdaptRequest, run_adapt
 
-    request = AdaptRequest(inputs, output, resume is not None, resume_from, overwrite, init_from, bool(predict))
+    request = AdaptRequest(inputs, output, resume is not None, resume_from, overwrite, tensorboard, init_from, bool(predict))
     result = run_adapt(request, cfg, Reporter(err_console))
     show_adapt_summary(result, inputs.eval_dir is not None)
 
@@ -186,13 +187,10 @@ def show_adapt_summary(result: Any, with_eval: bool) -> None:
     out = Reporter(Console())
     out.table("must adapt", columns + [f"{k.replace('_', '-')} top-1" for k in evals], rows)
     out.info(f"model written to {result.model_file}" + (" (zero-shot kept by the guard)" if result.guard_note
-                                                          else " (EMA teacher)"))
+             else " (EMA teacher)") + (f"; predictions written to {result.predictions}" if result.predictions else ""))
     if result.class_prior and result.class_prior["source"] != "uniform":
-        from must_cli.priors import describe
-
+        from must_cli.priors import describe  # torch is loaded by now: adapt ran
         out.info(f"class prior {describe(result.class_prior)}")
-    if result.predictions:
-        out.info(f"predictions written to {result.predictions}")
 
 
 @app.command("eval", cls=MustCommand, short_help="Measure accuracy on a labeled folder.")
@@ -329,6 +327,21 @@ def export(
     err_console.print(escape(f"wrote {r.path} ({r.format}{', fp16' if r.fp16 else ''}"
                              f"{f', opset {r.opset}' if r.opset else ''}) in {r.seconds:.1f} s; {check}"),
                       highlight=False, soft_wrap=True)
+
+
+@app.command(cls=MustCommand, short_help="Rebuild a run's report.html.")
+@one_line_errors
+def report(
+    run: Path = typer.Argument(..., metavar="RUN", help="Run folder written by `must adapt`."),
+    images: Optional[Path] = typer.Option(None, "--images", metavar="DIR", help="The adaptation images (default: what the run recorded)."),
+    eval_dir: Optional[Path] = typer.Option(None, "--eval-dir", metavar="DIR", help="Labeled folder, one sub-folder per class (default: the run's)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Rebuild RUN/report.html: curves, label changes, example images and a label-free estimate of the gain."""
+    from must_cli.report import build_report
+
+    path = build_report(run, images, eval_dir, device, warn=lambda m: err_console.print(f"[yellow]warning:[/] {escape(m)}"))
+    Console(highlight=False, soft_wrap=True).print(escape(str(path)))
 
 
 def run() -> None:
