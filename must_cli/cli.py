@@ -12,12 +12,15 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperCommand
 
-from must_cli.config import AUTO_DEVICE, AUTO_WORKERS, INFERENCE_BATCH
+from must_cli import __version__
+from must_cli.config import AUTO_DEVICE, AUTO_WORKERS, INFERENCE_BATCH, MustConfig, preset_names
 from must_cli.errors import MustError
-from must_cli.runs import LATEST_RUN
+from must_cli.progress import Reporter, images_bar
+from must_cli.record import inputs_from_flags
+from must_cli.runs import LATEST_RUN, RUNS_DIR, plan_run
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
     help="Adapt a pretrained CLIP to your own unlabeled images with MUST, then predict and export.",
 )
 err_console = Console(stderr=True)
@@ -34,8 +37,19 @@ class Session:
 session = Session()
 
 
+def show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"must-cli {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors.")) -> None:
+def main(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
+    version: bool = typer.Option(False, "--version", callback=show_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Adapt a pretrained CLIP to your own unlabeled images with MUST, then predict and export."""
     session.debug = debug
 
 
@@ -75,7 +89,14 @@ def optional_resume(args: list[str]) -> list[str]:
     return out
 
 
-class AdaptCommand(TyperCommand):
+class MustCommand(TyperCommand):
+    """Usage lines as the docs write them: ``must eval [OPTIONS] IMAGES``, not ``{IMAGES}``."""
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        return [p[1:-1] if p.startswith("{") and p.endswith("}") else p for p in super().collect_usage_pieces(ctx)]
+
+
+class AdaptCommand(MustCommand):
     """Lets ``--resume`` stand alone or take a path, and keeps the raw arguments for ``--gpus``."""
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
@@ -83,73 +104,77 @@ class AdaptCommand(TyperCommand):
         return super().parse_args(ctx, optional_resume(args))
 
 
-@app.command(cls=AdaptCommand)
+def config_help(field: str, what: str = "") -> str:
+    """A flag's help from MustConfig, the one owner of its meaning and default."""
+    info = MustConfig.model_fields[field]
+    default = info.default
+    shown = ("on" if default else "off") if isinstance(default, bool) else default
+    return f"{what or info.description}. [default: {shown}]"
+
+
+@app.command(cls=AdaptCommand, short_help="Adapt CLIP to unlabeled images; write a model.")
 @one_line_errors
 def adapt(
     ctx: typer.Context,
-    images: Path = typer.Argument(..., help="Folder of unlabeled images (searched recursively)."),
-    classes: Path = typer.Option(..., "--classes", help="Text file: one class name per line."),
-    templates: Optional[Path] = typer.Option(None, "--templates", help="Prompt templates, one per line with '{}'."),
-    model: Optional[str] = typer.Option(None, "--model", help="open_clip name (ViT-B-16), hf-hub:org/repo or local-dir:PATH."),
-    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="open_clip pretrained tag (default openai)."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="Hyperparameter preset, e.g. small-dataset (see docs/presets.md)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML file of hyperparameters (see `must init`)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder (default runs/<timestamp>)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per step per process."),
-    base_lr: Optional[float] = typer.Option(
-        None, "--base-lr", "--lr",
-        help="Learning rate per 256 images (config base_lr); the run uses base_lr x global batch / 256."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    eval_dir: Optional[Path] = typer.Option(None, "--eval-dir", help="Optional labeled folder (one sub-folder per class) to track accuracy."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Data loading processes (default: the cores, less one)."),
-    mim: Optional[bool] = typer.Option(None, "--mim/--no-mim", help="Masked image modeling objective."),
-    align: Optional[bool] = typer.Option(None, "--align/--no-align", help="[CLS]/[MSK] alignment objective."),
-    fairness: Optional[bool] = typer.Option(None, "--fairness/--no-fairness", help="Fairness regulariser."),
-    guard: Optional[bool] = typer.Option(None, "--guard/--no-guard", help="Keep zero-shot if adaptation collapses."),
-    accum_steps: Optional[int] = typer.Option(None, "--accum-steps", help="Gradient accumulation steps."),
-    grad_checkpointing: Optional[bool] = typer.Option(None, "--grad-checkpointing/--no-grad-checkpointing"),
-    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile on CUDA (default on; CPU runs eager)."),
-    cache: Optional[bool] = typer.Option(None, "--cache/--no-cache", help="Keep a resized copy of large photos for later epochs (default on)."),
-    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Folder for that copy (default <output>/cache)."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="auto, fp32 or bf16."),
-    save_every: Optional[int] = typer.Option(None, "--save-every", help="Checkpoint every N steps."),
-    resume: Optional[str] = typer.Option(
-        None, "--resume", metavar="[PATH]",
-        help="Continue a stopped run: alone, from the newest checkpoint of --output (or runs/latest); or a checkpoint/run path.",
-    ),
-    gpus: Optional[int] = typer.Option(
-        None, "--gpus", min=1,
-        help="Run N data-parallel processes on this machine via torch.distributed.run (with --device cpu: gloo, for testing).",
-    ),
+    images: Optional[Path] = typer.Argument(None, metavar="IMAGES", show_default=False, help="Folder of unlabeled images (searched recursively); not needed with --resume RUN."),
+    classes: Optional[Path] = typer.Option(None, "--classes", metavar="FILE", help="Text file, one class name per line (required unless --resume RUN)."),
+    templates: Optional[Path] = typer.Option(None, "--templates", metavar="FILE", help="Prompt templates, one per line with '{}'. [default: CLIP's ImageNet prompts]"),
+    model: Optional[str] = typer.Option(None, "--model", metavar="SPEC", help=config_help("model")),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", metavar="TAG", help=config_help("pretrained")),
+    preset: Optional[str] = typer.Option(None, "--preset", metavar="NAME", help=f"Hyperparameter preset: {', '.join(preset_names())} (docs/presets.md)."),
+    config: Optional[Path] = typer.Option(None, "--config", metavar="FILE", help="TOML file of hyperparameters (see `must init`); flags override it."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="DIR", help=f"Run folder. [default: {RUNS_DIR}/<timestamp>]"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start over in an --output that holds a finished or stopped run."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", metavar="N", help=config_help("epochs")),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", metavar="N", help=config_help("batch_size")),
+    base_lr: Optional[float] = typer.Option(None, "--base-lr", "--lr", metavar="LR", help=config_help("base_lr")),
+    device: Optional[str] = typer.Option(None, "--device", metavar="NAME", help=config_help("device")),
+    seed: Optional[int] = typer.Option(None, "--seed", metavar="N", help=config_help("seed")),
+    eval_dir: Optional[Path] = typer.Option(None, "--eval-dir", metavar="DIR", help="Labeled folder (one sub-folder per class) to track accuracy each epoch."),
+    workers: Optional[int] = typer.Option(None, "--workers", metavar="N", help=config_help("workers")),
+    mim: Optional[bool] = typer.Option(None, "--mim/--no-mim", show_default=False, help=config_help("mim")),
+    align: Optional[bool] = typer.Option(None, "--align/--no-align", show_default=False, help=config_help("align")),
+    fairness: Optional[bool] = typer.Option(None, "--fairness/--no-fairness", show_default=False, help=config_help("fairness")),
+    guard: Optional[bool] = typer.Option(None, "--guard/--no-guard", show_default=False, help=config_help("guard")),
+    accum_steps: Optional[int] = typer.Option(None, "--accum-steps", metavar="N", help=config_help("accum_steps")),
+    grad_checkpointing: Optional[bool] = typer.Option(None, "--grad-checkpointing/--no-grad-checkpointing", show_default=False, help=config_help("grad_checkpointing")),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", show_default=False, help=config_help("compile")),
+    cache: Optional[bool] = typer.Option(None, "--cache/--no-cache", show_default=False, help=config_help("cache")),
+    cache_dir: Optional[str] = typer.Option(None, "--cache-dir", metavar="DIR", help=config_help("cache_dir")),
+    precision: Optional[str] = typer.Option(None, "--precision", metavar="NAME", help=config_help("precision")),
+    save_every: Optional[int] = typer.Option(None, "--save-every", metavar="N", help=config_help("save_every")),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", metavar="N", help=config_help("max_pixels")),
+    keep_checkpoints: Optional[int] = typer.Option(None, "--keep-checkpoints", metavar="N", help=config_help("keep_checkpoints", "checkpoints kept when the run finishes (older ones are deleted; while it runs, the newest 2)")),
+    resume: Optional[str] = typer.Option(None, "--resume", metavar="[RUN]", help=f"Continue a stopped run: --resume RUN alone (a run folder or checkpoint), or --output RUN --resume; bare --resume: {LATEST_RUN}. Only --workers and --device may change."),
+    class_prior: Optional[str] = typer.Option(None, "--class-prior", metavar="PRIOR", help=config_help("class_prior")),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", metavar="RUN", help="Warm start from an adapted run (its image tower, [MSK] and decoder); the classifier is rebuilt from text."),
+    freeze_classifier: Optional[bool] = typer.Option(None, "--freeze-classifier/--train-classifier", show_default=False, help=config_help("freeze_classifier")),
+    predict: Optional[bool] = typer.Option(None, "--predict", show_default=False, help="At the end, write RUN/predictions.csv for these images (as `must predict`)."),
+    gpus: Optional[int] = typer.Option(None, "--gpus", min=1, metavar="N", help="Run N data-parallel processes here via torch.distributed.run (with --device cpu: gloo, for testing)."),
+    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", metavar="DIR", help="Also write each epoch's scalars to this TensorBoard log folder (needs tensorboard)."),
 ) -> None:
-    """Adapt CLIP to a folder of unlabeled images and write model.safetensors."""
-    from must_cli.adapt import AdaptRequest, run_adapt
-    from must_cli.config import resolve_config
-    from must_cli.progress import Reporter
+    """Adapt CLIP to a folder of unlabeled images with MUST and write RUN/model.safetensors.
 
-    overrides = dict(
-        model=model, pretrained=pretrained, epochs=epochs, batch_size=batch_size, base_lr=base_lr, device=device,
-        seed=seed, workers=workers, mim=mim, align=align, fairness=fairness, guard=guard, accum_steps=accum_steps,
-        grad_checkpointing=grad_checkpointing, compile=compile, precision=precision, save_every=save_every,
-        cache=cache, cache_dir=cache_dir,
-    )
-    cfg = resolve_config(preset, config, overrides)
+    Defaults shown are MustConfig's: a --preset or --config file changes them, and flags
+    override both.
+    """
+    given = dict(locals())
+    inputs, cfg, output = inputs_from_flags(given, ctx.meta["must_args"])
+    resume_from = Path(resume) if resume else None
+    plan_run(output, resume is not None, resume_from, overwrite)  # the run folder's problems, before torch loads
     if gpus and gpus > 1:
         from must_cli.launch import launch_local
 
         raise typer.Exit(launch_local(gpus, cfg.device, ctx.meta["must_args"], session.debug))
-    request = AdaptRequest(images=images, classes=classes, templates=templates, output=output, eval_dir=eval_dir,
-                           resume=resume is not None, resume_from=Path(resume) if resume else None)
+    from must_cli.adapt import AdaptRequest, run_adapt
+
+    request = AdaptRequest(inputs, output, resume is not None, resume_from, overwrite, tensorboard, init_from, bool(predict))
     result = run_adapt(request, cfg, Reporter(err_console))
-    show_adapt_summary(result, eval_dir is not None)
+    show_adapt_summary(result, inputs.eval_dir is not None)
 
 
 def show_adapt_summary(result: Any, with_eval: bool) -> None:
     """The per-epoch table (accuracy columns only with --eval-dir) and where the model went, on stdout."""
-    from must_cli.progress import Reporter
-
     columns = ["epoch", "loss", "kept", "balance", "agree"]
     evals = ("zero_shot", "teacher", "student") if with_eval else ()
     rows = []
@@ -162,29 +187,31 @@ def show_adapt_summary(result: Any, with_eval: bool) -> None:
     out = Reporter(Console())
     out.table("must adapt", columns + [f"{k.replace('_', '-')} top-1" for k in evals], rows)
     out.info(f"model written to {result.model_file}" + (" (zero-shot kept by the guard)" if result.guard_note
-                                                          else " (EMA teacher)"))
+             else " (EMA teacher)") + (f"; predictions written to {result.predictions}" if result.predictions else ""))
+    if result.class_prior and result.class_prior["source"] != "uniform":
+        from must_cli.priors import describe  # torch is loaded by now: adapt ran
+        out.info(f"class prior {describe(result.class_prior)}")
 
 
-@app.command("eval")
+@app.command("eval", cls=MustCommand, short_help="Measure accuracy on a labeled folder.")
 @one_line_errors
 def eval_(
-    images: Path = typer.Argument(..., help="Labeled folder: one sub-folder of images per class, named like the class."),
-    model: Optional[str] = typer.Option(None, "--model", help=f"Run folder or .safetensors (default {LATEST_RUN}); with --zero-shot an open_clip spec."),
+    images: Path = typer.Argument(..., metavar="IMAGES", show_default=False, help="Labeled folder: one sub-folder of images per class, named like the class."),
+    model: Optional[str] = typer.Option(None, "--model", metavar="SPEC", help=f"Run folder or .safetensors (default {LATEST_RUN}); with --zero-shot an open_clip spec."),
     zero_shot: bool = typer.Option(False, "--zero-shot", help="Evaluate plain CLIP (--model, --classes) instead of an adapted model."),
-    classes: Optional[Path] = typer.Option(None, "--classes", help="With --zero-shot: text file, one class name per line."),
-    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="With --zero-shot: open_clip pretrained tag (default openai)."),
-    templates: Optional[Path] = typer.Option(None, "--templates", help="With --zero-shot: prompt templates, one per line with '{}'."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also write every number to this JSON file."),
-    batch_size: int = typer.Option(INFERENCE_BATCH, "--batch-size", min=1, help="Images per forward pass."),
-    workers: int = typer.Option(AUTO_WORKERS, "--workers", help="Data loading processes (-1: the cores, less one)."),
-    device: str = typer.Option(AUTO_DEVICE, "--device", help="auto, cpu, cuda or cuda:N."),
+    classes: Optional[Path] = typer.Option(None, "--classes", metavar="FILE", help="With --zero-shot: text file, one class name per line."),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", metavar="TAG", help="With --zero-shot: open_clip pretrained tag (default openai)."),
+    templates: Optional[Path] = typer.Option(None, "--templates", metavar="FILE", help="With --zero-shot: prompt templates, one per line with '{}'."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="Also write every number to this JSON file."),
+    batch_size: int = typer.Option(INFERENCE_BATCH, "--batch-size", metavar="N", min=1, help="Images per forward pass."),
+    workers: int = typer.Option(AUTO_WORKERS, "--workers", metavar="N", help="Data loading processes (-1: the cores, less one)."),
+    device: str = typer.Option(AUTO_DEVICE, "--device", metavar="NAME", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Measure accuracy on labeled images: top-1, mean per class, per-class recall, most confused pairs."""
     import json
 
     from must_cli.checkpoint import atomic_write_text
     from must_cli.evaluate import EvalRequest, run_eval
-    from must_cli.progress import Reporter
 
     req = EvalRequest(images, model, zero_shot, classes, pretrained, templates, batch_size, workers, device)
     res = run_eval(req, Reporter(err_console).warn)
@@ -200,11 +227,11 @@ def eval_(
         err_console.print(f"results written to {escape(str(output))}", highlight=False)
 
 
-@app.command("init")
+@app.command("init", cls=MustCommand, short_help="Write must.toml and classes.txt; suggest a preset.")
 @one_line_errors
 def init(
-    directory: Path = typer.Argument(Path("."), help="Folder to write must.toml and classes.txt into."),
-    images: Optional[Path] = typer.Option(None, "--images", help="Survey this image folder and suggest a preset."),
+    directory: Path = typer.Argument(Path("."), metavar="[DIRECTORY]", help="Folder to write must.toml and classes.txt into."),
+    images: Optional[Path] = typer.Option(None, "--images", metavar="DIR", help="Survey this image folder and suggest a preset."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing must.toml and classes.txt."),
 ) -> None:
     """Write a commented must.toml and a classes.txt template; with --images, suggest a preset."""
@@ -231,33 +258,33 @@ def init(
               f"--classes {escape(display_name(written[1]))} --config {escape(display_name(written[0]))}", soft_wrap=True)
 
 
-@app.command()
+@app.command(cls=MustCommand, short_help="Label a folder of images; write CSV/JSONL or sort.")
 @one_line_errors
 def predict(
-    images: Path = typer.Argument(..., help="Folder of images to classify (searched recursively)."),
-    model: Optional[str] = typer.Option(None, "--model", help=f"Run folder or model.safetensors (default {LATEST_RUN}); with --zero-shot an open_clip spec."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write predictions to a .csv or .jsonl file."),
-    top_k: int = typer.Option(1, "--top-k", help="Labels (with probabilities) per image."),
-    sort_into: Optional[Path] = typer.Option(None, "--sort-into", help="Copy each image into DIR/<predicted class>/."),
-    link: Optional[str] = typer.Option(None, "--link", help="hard or sym: link into --sort-into instead of copying."),
-    min_confidence: Optional[float] = typer.Option(None, "--min-confidence", help="Top-1 probability below this goes to DIR/_uncertain/."),
-    batch_size: int = typer.Option(INFERENCE_BATCH, "--batch-size", help="Images per forward pass."),
-    workers: int = typer.Option(AUTO_WORKERS, "--workers", help="Data loading processes (-1: the cores, less one)."),
-    device: str = typer.Option(AUTO_DEVICE, "--device", help="auto, cpu, cuda or cuda:N."),
+    images: Path = typer.Argument(..., metavar="IMAGES", show_default=False, help="Folder of images to classify (searched recursively)."),
+    model: Optional[str] = typer.Option(None, "--model", metavar="SPEC", help=f"Run folder or model.safetensors (default {LATEST_RUN}); with --zero-shot an open_clip spec."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="Write predictions to a .csv or .jsonl file."),
+    top_k: int = typer.Option(1, "--top-k", metavar="K", help="Labels (with probabilities) per image."),
+    sort_into: Optional[Path] = typer.Option(None, "--sort-into", metavar="DIR", help="Copy each image into DIR/<predicted class>/."),
+    link: Optional[str] = typer.Option(None, "--link", metavar="MODE", help="hard or sym: link into --sort-into instead of copying."),
+    min_confidence: Optional[float] = typer.Option(None, "--min-confidence", metavar="P", help="Top-1 probability below this goes to DIR/_uncertain/."),
+    batch_size: int = typer.Option(INFERENCE_BATCH, "--batch-size", metavar="N", help="Images per forward pass."),
+    workers: int = typer.Option(AUTO_WORKERS, "--workers", metavar="N", help="Data loading processes (-1: the cores, less one)."),
+    device: str = typer.Option(AUTO_DEVICE, "--device", metavar="NAME", help="auto, cpu, cuda or cuda:N."),
     zero_shot: bool = typer.Option(False, "--zero-shot", help="Predict with plain CLIP (--model spec, --classes) to compare."),
-    classes: Optional[Path] = typer.Option(None, "--classes", help="With --zero-shot: one class name per line."),
-    pretrained: Optional[str] = typer.Option(None, "--pretrained", help="With --zero-shot: open_clip pretrained tag."),
-    templates: Optional[Path] = typer.Option(None, "--templates", help="With --zero-shot: prompt templates file."),
+    classes: Optional[Path] = typer.Option(None, "--classes", metavar="FILE", help="With --zero-shot: one class name per line."),
+    pretrained: Optional[str] = typer.Option(None, "--pretrained", metavar="TAG", help="With --zero-shot: open_clip pretrained tag."),
+    templates: Optional[Path] = typer.Option(None, "--templates", metavar="FILE", help="With --zero-shot: prompt templates file."),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", metavar="N", help=f"Skip images with more pixels (a decompression-bomb guard). [default: {MustConfig.default('max_pixels'):,}]"),
 ) -> None:
     """Label a folder of images with an adapted model; optionally write CSV/JSONL or sort into class folders."""
     from rich.table import Table
 
     from must_cli.images import display_name
     from must_cli.predict import PredictRequest, run_predict
-    from must_cli.progress import Reporter, images_bar
 
     req = PredictRequest(images, model, output, top_k, sort_into, link, min_confidence, batch_size, workers, device,
-                         zero_shot, classes, pretrained, templates)
+                         zero_shot, classes, pretrained, templates, max_pixels)
     with images_bar(err_console, "predict") as advance:
         result = run_predict(req, Reporter(err_console).warn, advance)
     if len(result.predictions) <= 50:
@@ -280,13 +307,13 @@ def predict(
         say(f"sorted into {display_name(result.sort_into)}: " + ", ".join(f"{f} {n}" for f, n in sorted(result.sorted_counts.items())))
 
 
-@app.command()
+@app.command(cls=MustCommand, short_help="Export the model as ONNX or TorchScript.")
 @one_line_errors
 def export(
-    model: Optional[str] = typer.Option(None, "--model", help=f"Run folder or model.safetensors (default {LATEST_RUN})."),
-    format: str = typer.Option(..., "--format", help="onnx or torchscript."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Default: model.onnx / model.torchscript.pt next to the model."),
-    opset: int = typer.Option(18, "--opset", help="ONNX opset (18 or higher)."),
+    model: Optional[str] = typer.Option(None, "--model", metavar="SPEC", help=f"Run folder or model.safetensors (default {LATEST_RUN})."),
+    format: str = typer.Option(..., "--format", metavar="FORMAT", help="onnx or torchscript."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="Default: model.onnx / model.torchscript.pt next to the model."),
+    opset: int = typer.Option(18, "--opset", metavar="N", help="ONNX opset (18 or higher)."),
     fp16: bool = typer.Option(False, "--fp16", help="fp16 weights (inputs/outputs stay float32); checked to 1e-2."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare with PyTorch on random inputs (batch 1 and 3)."),
 ) -> None:
@@ -300,6 +327,21 @@ def export(
     err_console.print(escape(f"wrote {r.path} ({r.format}{', fp16' if r.fp16 else ''}"
                              f"{f', opset {r.opset}' if r.opset else ''}) in {r.seconds:.1f} s; {check}"),
                       highlight=False, soft_wrap=True)
+
+
+@app.command(cls=MustCommand, short_help="Rebuild a run's report.html.")
+@one_line_errors
+def report(
+    run: Path = typer.Argument(..., metavar="RUN", help="Run folder written by `must adapt`."),
+    images: Optional[Path] = typer.Option(None, "--images", metavar="DIR", help="The adaptation images (default: what the run recorded)."),
+    eval_dir: Optional[Path] = typer.Option(None, "--eval-dir", metavar="DIR", help="Labeled folder, one sub-folder per class (default: the run's)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Rebuild RUN/report.html: curves, label changes, example images and a label-free estimate of the gain."""
+    from must_cli.report import build_report
+
+    path = build_report(run, images, eval_dir, device, warn=lambda m: err_console.print(f"[yellow]warning:[/] {escape(m)}"))
+    Console(highlight=False, soft_wrap=True).print(escape(str(path)))
 
 
 def run() -> None:

@@ -26,12 +26,16 @@ else:  # pragma: no cover
 AUTO_DEVICE = "auto"  # CUDA when a GPU is visible, else CPU
 AUTO_WORKERS = -1  # the cores this process may use, less one
 INFERENCE_BATCH = 256  # images per forward when only predicting: memory, not accuracy
+PIXEL_CEILING = 1_000_000_000
+"""No image above this many pixels is ever decoded (3 GB as RGB), whatever max_pixels says."""
 
 
 class MustConfig(BaseModel):
     """Hyperparameters of one `must adapt` run (defaults: the paper's ImageNet ViT-B/16 row)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: a TOML `seed = true` or `epochs = "1"` is an error, not a silent coercion (ints still fill
+    # float fields); allow_inf_nan=False: `--lr inf` would otherwise train every weight into NaN.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
     # Backbone
     model: str = Field("ViT-B-16", description="open_clip model name, hf-hub:org/repo or local-dir:PATH")
@@ -78,6 +82,10 @@ class MustConfig(BaseModel):
     low_res_translate: float = Field(0.125, ge=0, lt=0.5, description="low-resolution strong view: shift up to this fraction of the side (FixMatch 0.125)")
     low_res_cutout: float = Field(0.5, ge=0, le=1, description="low-resolution strong view: Cutout side up to this fraction of the side (FixMatch 0.5)")
 
+    # Class prior and warm start (docs/presets.md: which prior when)
+    class_prior: str = Field("uniform", min_length=1, description="fairness target: uniform, estimate (EM on the zero-shot predictions) or a file of 'class share' lines")
+    freeze_classifier: bool = Field(False, description="keep the text-built classifier fixed (the paper's warm-up)")
+
     # Safety net
     guard: bool = Field(True, description="keep the zero-shot classifier if the adapted model collapses (label-free check)")
     guard_min_balance: float = Field(0.5, gt=0, le=1, description="collapse: adapted prediction balance below this fraction of zero-shot's")
@@ -93,7 +101,13 @@ class MustConfig(BaseModel):
     cache_dir: str = Field("", description="folder for that copy (empty: <output>/cache); share it between runs")
     eval_every: int = Field(1, ge=1, description="with --eval-dir: evaluate every N epochs")
     save_every: int = Field(500, ge=1, description="write a resumable checkpoint every N optimiser steps")
-    keep_checkpoints: int = Field(2, ge=1, description="resumable checkpoints to keep")
+    keep_checkpoints: int = Field(1, ge=1, description="resumable checkpoints kept once the run finishes (while it runs, at least 2)")
+
+    # Input safety
+    max_pixels: int = Field(
+        250_000_000, ge=1, le=PIXEL_CEILING,
+        description="images with more pixels are skipped as decompression bombs; very large ones below it are decoded reduced",
+    )
 
     @model_validator(mode="after")
     def _crop_range(self) -> "MustConfig":
@@ -162,7 +176,7 @@ def resolve_config(
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(x) for x in err["loc"])
-        raise MustError(f"config value '{where}': {err['msg']}") from None
+        raise MustError(f"config value '{where}' = {err['input']!r}: {err['msg']}") from None
 
 
 def _toml_value(v: Any) -> str:

@@ -108,6 +108,7 @@ class TrainState:
     epoch: int = 0  # current epoch (0-based)
     batches_done: int = 0  # micro-batches of the current epoch already trained on
     fair_running: torch.Tensor | None = None  # running p_bar of this epoch when classes are many
+    prior: torch.Tensor | None = None  # class shares the fairness term aims at (None: uniform); see priors.py
     metrics: list[dict] = field(default_factory=list)
     epoch_sums: torch.Tensor | None = None  # metric sums of the current epoch so far, over all ranks
     epoch_hist: torch.Tensor | None = None  # and its label histogram, so a resumed epoch logs like an uninterrupted one
@@ -149,7 +150,7 @@ def must_step(
                 p_bar = 0.5 * (state.fair_running + p_bar)
             state.fair_running = p_bar.detach()
             scale = 2.0
-        loss_fair = scale * fairness_loss(p_bar)
+        loss_fair = scale * fairness_loss(p_bar, state.prior)
         loss = loss + cfg.w_fair * loss_fair
     if cfg.mim:
         target_mask = pixel_mask(mask, core.grid_size, core.patch_size)

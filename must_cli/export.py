@@ -135,6 +135,10 @@ def _export_torchscript(graph: ExportGraph, example: torch.Tensor, dst: Path, pr
     return run
 
 
+def _write_error(dst: Path, e: OSError) -> MustError:
+    return MustError(f"cannot write {display_name(dst)} ({e.strerror or e}): pass --output to a writable place")
+
+
 def run_export(model_path: Path, fmt: str, output: Path | None = None, opset: int = DEFAULT_OPSET,
                fp16: bool = False, verify: bool = True) -> ExportResult:
     """Export, verify in a temporary folder beside the destination, then move into place."""
@@ -149,8 +153,11 @@ def run_export(model_path: Path, fmt: str, output: Path | None = None, opset: in
     graph = ExportGraph(model, half=fp16).eval()
     example = torch.randn(2, 3, size, size)
     start = time.perf_counter()
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmpdir = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    except OSError as e:
+        raise _write_error(dst, e) from None
     try:
         tmp = tmpdir / dst.name
         if fmt == "onnx":
@@ -166,7 +173,7 @@ def run_export(model_path: Path, fmt: str, output: Path | None = None, opset: in
         for part in sorted(tmpdir.iterdir(), key=lambda p: p.name == dst.name):  # sidecar data first, graph last
             os.replace(part, dst.parent / part.name)
     except OSError as e:
-        raise MustError(f"cannot write {display_name(dst)} ({e.strerror}): pass --output to a writable place") from None
+        raise _write_error(dst, e) from None
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return ExportResult(dst, fmt, fp16, opset if fmt == "onnx" else None, diff, TOLERANCE[fp16],

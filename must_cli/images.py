@@ -6,6 +6,7 @@ text files, odd modes); they must cost one warning line each, never a crash mid-
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Callable, Iterator
@@ -15,12 +16,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from must_cli.config import PIXEL_CEILING, MustConfig
 from must_cli.errors import MustError
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 )
 """Lower-cased suffixes (with the dot, as `Path.suffix` gives them) of the files we look at."""
+
+DEFAULT_MAX_PIXELS: int = MustConfig.default("max_pixels")
+LARGE_PIXELS = 89_478_485
+"""PIL's own decompression-bomb limit: an image above it is decoded at 1/n of its size, to below it."""
+Image.MAX_IMAGE_PIXELS = PIXEL_CEILING  # PIL's global guard becomes our ceiling; max_pixels is checked per file
 
 
 class ImageReadError(MustError):
@@ -47,17 +54,18 @@ def display_name(path: Path | str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def discover_images(root: Path, warn: Callable[[str], None] = _ignore) -> list[Path]:
+def discover_images(root: Path, warn: Callable[[str], None] = _ignore, exclude: Path | None = None) -> list[Path]:
     """Every image file under `root`, sorted by relative path so runs are reproducible.
 
     Symlinked files and folders are followed, but each real folder is read once, so a link
     back to a parent cannot loop. Hidden files and folders (editor, OS and VCS clutter) are
-    skipped; an unreadable folder costs one `warn` line instead of the whole run.
+    skipped; an unreadable folder costs one `warn` line instead of the whole run. The folder
+    `exclude` (and what is under it) is never entered.
     """
     if not root.is_dir():
         raise MustError(f"{display_name(root)} is not a folder: pass a folder of images")
     found: list[Path] = []
-    visited: set[str] = set()
+    visited: set[str] = {os.path.realpath(exclude)} if exclude is not None else set()
     pending = [root]
     while pending:
         folder = pending.pop()
@@ -85,24 +93,32 @@ def discover_images(root: Path, warn: Callable[[str], None] = _ignore) -> list[P
     return sorted(found, key=lambda path: path.relative_to(root).as_posix())
 
 
+class _TooLarge(Exception):
+    """A header over the caller's max_pixels: refused before any pixel is decoded."""
+
+
 @contextmanager
-def _open_image(path: Path) -> Iterator[Image.Image]:
+def _open_image(path: Path, max_pixels: int = PIXEL_CEILING) -> Iterator[Image.Image]:
     """Open `path` with PIL, turning every way a user's file can be bad into ImageReadError.
 
     Errors raised while the caller decodes inside the `with` block are translated too.
-    Decompression bombs (over PIL's default `Image.MAX_IMAGE_PIXELS`) are refused: PIL only
-    warns below twice the limit, so the warning is made an error here.
+    Decompression bombs (a header over `max_pixels`) are refused from the header alone;
+    PIL's own limit, the ceiling, only warns below twice itself, so its warning is an error here.
     """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
+                if image.width * image.height > max_pixels:
+                    raise _TooLarge(f"{image.width} x {image.height} pixels")
                 yield image
                 return
     except PermissionError:
         reason = "permission denied"
+    except _TooLarge as exc:
+        reason = f"too large: {exc}, over --max-pixels {max_pixels:,} (a decompression-bomb guard): raise it if you trust the file"
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-        reason = f"too large: exceeds the decompression-bomb limit of {Image.MAX_IMAGE_PIXELS:,} pixels"
+        reason = f"too large: over the decompression-bomb ceiling of {PIXEL_CEILING:,} pixels"
     except UnidentifiedImageError:
         reason = "not an image" if path.stat().st_size else "empty file"
     except Exception as exc:  # on corrupt input PIL raises OSError, ValueError, SyntaxError, ...
@@ -110,22 +126,27 @@ def _open_image(path: Path) -> Iterator[Image.Image]:
     raise ImageReadError(path, reason)
 
 
-def probe_image(path: Path) -> str | None:
+def reduction(size: tuple[int, int]) -> int:
+    """The per-side divisor that brings an image of `size` under LARGE_PIXELS (1: decoded as is)."""
+    return max(1, math.ceil(math.sqrt(size[0] * size[1] / LARGE_PIXELS)))
+
+
+def probe_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
     """Why `path` cannot be used, or None if its header is fine.
 
     Only the header is read (no pixel decode), so every file can be checked at startup;
     truncated pixel data is caught later by `load_rgb`.
     """
     try:
-        with _open_image(path):
-            return None
+        image_size(path, max_pixels)
+        return None
     except ImageReadError as exc:
         return exc.reason
 
 
-def image_size(path: Path) -> tuple[int, int]:
+def image_size(path: Path, max_pixels: int = PIXEL_CEILING) -> tuple[int, int]:
     """(width, height) as stored, from the header alone: cheap enough to ask before every decode."""
-    with _open_image(path) as image:
+    with _open_image(path, max_pixels) as image:
         return image.size
 
 
@@ -139,12 +160,17 @@ def load_rgb(path: Path, draft: int | None = None) -> Image.Image:
 
     With `draft`, a JPEG is decoded at the smallest DCT scale (1/2, 1/4 or 1/8) that keeps
     both sides >= `draft`: a 12-megapixel photo then costs a fraction of a full decode.
-    Other formats ignore it.
+    Other formats ignore it. An image over LARGE_PIXELS (a large scan that passed the
+    max_pixels check at scan time) is decoded reduced, so it never costs more memory than that.
+    Only the ceiling is checked here: every path comes from `scan_images`, which applied max_pixels.
     """
     with _open_image(path) as image:
-        if draft:
-            image.draft("RGB", (draft, draft))
-        return _to_rgb(ImageOps.exif_transpose(image))
+        factor = reduction(image.size)
+        if draft or factor > 1:
+            image.draft("RGB", (draft, draft) if draft else (image.width // factor, image.height // factor))
+        rgb = _to_rgb(ImageOps.exif_transpose(image))
+    factor = reduction(rgb.size)  # what a JPEG draft did not already remove (other formats decode in full)
+    return rgb.reduce(factor) if factor > 1 else rgb
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -184,22 +210,28 @@ def _gray_to_rgb(values: np.ndarray) -> Image.Image:
 
 
 def scan_images(
-    root: Path, warn: Callable[[str], None]
+    root: Path, warn: Callable[[str], None], max_pixels: int = DEFAULT_MAX_PIXELS, exclude: Path | None = None
 ) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Discover the images under `root` and check every header before any work starts.
 
     Returns (usable paths, skipped (path, reason) pairs); each skipped file gets one `warn`
-    line. Raises MustError when nothing usable is left, since there is nothing to adapt to.
+    line, and so does each image large enough to be decoded reduced. `exclude` is a folder
+    left out of the scan (e.g. where `--sort-into` copies images inside `root`). Raises
+    MustError when nothing usable is left, since there is nothing to adapt to.
     """
     good: list[Path] = []
     skipped: list[tuple[Path, str]] = []
-    for path in discover_images(root, warn):
-        reason = probe_image(path)
-        if reason is None:
-            good.append(path)
-        else:
-            skipped.append((path, reason))
-            warn(f"skipping {display_name(path)}: {reason}")
+    for path in discover_images(root, warn, exclude):
+        try:
+            size = image_size(path, max_pixels)
+        except ImageReadError as exc:
+            skipped.append((path, exc.reason))
+            warn(f"skipping {display_name(path)}: {exc.reason}")
+            continue
+        good.append(path)
+        if reduction(size) > 1:
+            warn(f"{display_name(path)}: {size[0]} x {size[1]} pixels, decoded at 1/{reduction(size)} of each side "
+                 f"to stay under {LARGE_PIXELS:,} pixels")
     if not good:
         formats = ", ".join(sorted(ext.lstrip(".") for ext in IMAGE_EXTENSIONS))
         raise MustError(

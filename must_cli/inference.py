@@ -20,17 +20,20 @@ def iter_probs(
     model: MustModel, paths: Sequence[Path], pre: Preprocess, device: torch.device,
     batch_size: int = INFERENCE_BATCH, workers: int = 0, autocast: Autocast = contextlib.nullcontext,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield (indices, class probabilities, decoded-ok flags) batch by batch."""
+    """Yield (indices, class probabilities, decoded-ok flags) batch by batch.
+
+    Inference mode is entered per batch and left before each yield: a generator that held it
+    across yields would leave it on in the caller's thread if the caller stopped early.
+    """
     loader = DataLoader(
         FolderImages(paths, pre), batch_size=batch_size, num_workers=workers,
         pin_memory=device.type == "cuda", persistent_workers=False,
     )
     model = model.to(device).eval()
-    with torch.inference_mode():
-        for images, indices, ok in loader:
-            with autocast():
-                logits = model(images.to(device, non_blocking=True))
-            yield indices, logits.float().softmax(dim=1).cpu(), ok
+    for images, indices, ok in loader:
+        with torch.inference_mode(), autocast():
+            logits = model(images.to(device, non_blocking=True))
+        yield indices, logits.float().softmax(dim=1).cpu(), ok
 
 
 def predict_labels(model: MustModel, paths: Sequence[Path], pre: Preprocess, device: torch.device,

@@ -23,9 +23,17 @@ def self_training_loss(
     return torch.where(keep, ce, 0.0).sum() / keep.sum().clamp_min(1), keep
 
 
-def fairness_loss(mean_probs: torch.Tensor) -> torch.Tensor:
-    """L_reg (eq. 3): -1/K sum_k log p_bar_k, smallest when the average prediction is uniform."""
-    return -torch.log(mean_probs.clamp_min(1e-12)).mean()
+def fairness_loss(mean_probs: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
+    """L_reg (eq. 3) as a cross-entropy to the class prior: -sum_k pi_k log p_bar_k.
+
+    Smallest when the average prediction equals pi. Without a prior pi is uniform and this is
+    the paper's -1/K sum_k log p_bar_k; a folder whose classes are not equally common passes
+    its shares (must_cli/priors.py) so rare classes are not filled with common ones.
+    """
+    log_p = torch.log(mean_probs.clamp_min(1e-12))
+    if prior is None:
+        return -log_p.mean()
+    return -(prior.to(log_p) * log_p).sum()
 
 
 def mim_loss(reconstruction: torch.Tensor, target: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:

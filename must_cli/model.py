@@ -9,9 +9,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
+from urllib.parse import urlparse
 
 import open_clip
 import torch
@@ -176,12 +179,54 @@ def _quiet_hub() -> Iterator[None]:
             logger.setLevel(level)
 
 
+HUB_TIMEOUT_S = 3.0  # how long to wait for the model hub before saying there is no network
+
+
+def _weights_cached(model: str, tag: str) -> bool:
+    """Whether open_clip will find ``model``'s ``tag`` weights in the Hugging Face cache (no download)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    hub = (open_clip.get_pretrained_cfg(model, tag) or {}).get("hf_hub", "")
+    if not hub:
+        return True  # a URL or a local file: open_clip reports its own failure quickly
+    repo, filename = os.path.split(hub)
+    stem = os.path.splitext(filename or "open_clip_pytorch_model.bin")[0]
+    names = [filename or "open_clip_pytorch_model.bin", f"{stem}.safetensors", "open_clip_model.safetensors"]
+    return any(isinstance(try_to_load_from_cache(repo, name), str) for name in names)
+
+
+def _hub_reachable() -> bool:
+    """A short connection attempt to the hub, instead of the minute of retries a download makes offline."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=HUB_TIMEOUT_S).close()
+        return True
+    except OSError:
+        return False
+
+
+def _offline_error(model: str, pretrained: str | None) -> MustError:
+    return MustError(
+        f"cannot download weights for {model} ({pretrained}): no network or unknown tag. "
+        "On a connected machine run `python -c \"import open_clip; open_clip.create_model('"
+        f"{model}', pretrained='{pretrained}')\"` to fill the cache, or save the model and pass "
+        "--model local-dir:PATH"
+    )
+
+
 def load_clip(model: str, pretrained: str | None) -> tuple[nn.Module, Any]:
     """Load an open_clip CLIP and its tokenizer; one-line errors for offline or unknown weights."""
     is_local = model.startswith(("local-dir:", "hf-hub:"))
     try:
         with _quiet_hub():
             tag = None if is_local else (pretrained or None)
+            if tag and not _weights_cached(model, tag) and not _hub_reachable():
+                raise _offline_error(model, pretrained)
             # OpenAI weights were trained with QuickGELU; open_clip only matches that when asked.
             quick = bool(tag and open_clip.get_pretrained_cfg(model, tag).get("quick_gelu", False))
             clip = open_clip.create_model(model, pretrained=tag, force_quick_gelu=quick)
@@ -196,12 +241,7 @@ def load_clip(model: str, pretrained: str | None) -> tuple[nn.Module, Any]:
                 "open_clip_model.safetensors"
             ) from None
         if "download" in msg.lower() or "connection" in msg.lower() or "hub" in msg.lower():
-            raise MustError(
-                f"cannot download weights for {model} ({pretrained}): no network or unknown tag. "
-                "On a connected machine run `python -c \"import open_clip; open_clip.create_model('"
-                f"{model}', pretrained='{pretrained}')\"` to fill the cache, or save the model and pass "
-                "--model local-dir:PATH"
-            ) from None
+            raise _offline_error(model, pretrained) from None
         raise MustError(
             f"cannot create {model} ({pretrained}): {msg[:200]}: see `open_clip.list_pretrained()` for valid "
             "names and tags"

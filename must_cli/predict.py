@@ -23,9 +23,9 @@ import torch
 
 from must_cli.checkpoint import atomic_write, load_model, preprocess_of
 from must_cli.classnames import read_class_file
-from must_cli.config import AUTO_DEVICE, AUTO_WORKERS, INFERENCE_BATCH
+from must_cli.config import AUTO_DEVICE, AUTO_WORKERS, INFERENCE_BATCH, PIXEL_CEILING
 from must_cli.errors import MustError
-from must_cli.images import ImageReadError, display_name, load_rgb, scan_images
+from must_cli.images import DEFAULT_MAX_PIXELS, ImageReadError, display_name, load_rgb, scan_images
 from must_cli.inference import iter_probs
 from must_cli.model import MustModel, Preprocess, build_zero_shot
 from must_cli.runs import model_path
@@ -59,6 +59,7 @@ class PredictRequest:
     classes: Path | None = None
     pretrained: str | None = None
     templates: Path | None = None
+    max_pixels: int | None = None  # None: MustConfig's default
 
 
 @dataclass
@@ -234,6 +235,11 @@ def _validate(req: PredictRequest) -> None:
                         "an adapted model carries its own classes")
     if req.zero_shot and req.classes is None:
         raise MustError("--zero-shot needs --classes FILE (one class name per line)")
+    if req.sort_into is not None and req.sort_into.resolve() == req.images.resolve():
+        raise MustError(f"--sort-into {display_name(req.sort_into)} is the image folder itself: "
+                        "pick a new folder (a sub-folder is fine: it is left out of the scan)")
+    if req.max_pixels is not None and not 1 <= req.max_pixels <= PIXEL_CEILING:
+        raise MustError(f"--max-pixels {req.max_pixels}: must be between 1 and {PIXEL_CEILING:,}")
 
 
 def _load(req: PredictRequest, device: torch.device) -> tuple[MustModel, list[str], Preprocess]:
@@ -257,7 +263,10 @@ def run_predict(req: PredictRequest, warn: Callable[[str], None], progress: Prog
     model, classnames, pre = _load(req, device)
     k = min(req.top_k, len(classnames))
     notes = [f"--top-k {req.top_k} lowered to {k}, the number of classes"] if k < req.top_k else []
-    paths, skipped = scan_images(req.images, warn)
+    paths, skipped = scan_images(req.images, warn, req.max_pixels or DEFAULT_MAX_PIXELS, exclude=req.sort_into)
+    if req.sort_into and req.sort_into.resolve().is_relative_to(req.images.resolve()):
+        notes.append(f"--sort-into {display_name(req.sort_into)} is inside {display_name(req.images)}: "
+                     "left out of the scan, so its copies are never sorted again")
     sorter = Sorter(req.sort_into, classnames, req.link, req.min_confidence) if req.sort_into else None
     predictions: list[Prediction] = []
     failed = 0

@@ -6,8 +6,11 @@ Imports no torch, so the command line can check a run folder before loading anyt
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import shutil
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,6 +22,9 @@ RUNS_DIR = Path("runs")  # where runs go without --output
 LATEST = "latest"  # RUNS_DIR/LATEST links to the newest finished run
 LATEST_RUN = RUNS_DIR / LATEST  # the model eval, predict and export use without --model
 CHECKPOINTS = "checkpoints"  # resumable checkpoints, inside the run folder
+MODEL_FILE = "model.safetensors"  # the shipped model; its presence marks a finished run
+CONFIG_FILE = "config.toml"  # the run's settings and inputs, written when it starts
+LOCK_FILE = ".lock"  # flock-ed for the run's lifetime; the kernel releases it when the process dies
 
 # Settings that may change on resume: they do not change what is computed (beyond rounding).
 RUNTIME_KEYS = frozenset({"device", "workers", "precision", "compile", "grad_checkpointing", "eval_every",
@@ -53,7 +59,7 @@ def resolve_output(output: Path | None, resume: bool, resume_from: Path | None, 
     if resume:
         if not (runs_root / LATEST).exists():
             raise MustError(f"--resume: no --output given and no {runs_root / LATEST} to continue: "
-                            "pass --output RUN_FOLDER")
+                            "pass --resume RUN_FOLDER")
         return (runs_root / LATEST).resolve()
     return runs_root / datetime.now().strftime("%Y%m%d-%H%M%S")
 
@@ -73,18 +79,107 @@ def find_checkpoint(run: Path, resume_from: Path | None) -> Path:
     return found[-1]
 
 
-def open_run(output: Path | None, resume: bool, resume_from: Path | None) -> tuple[Path, Path | None]:
-    """(run folder, checkpoint to resume or None), checked writable before any training.
+def prune_checkpoints(folder: Path, keep: int) -> None:
+    """Keep the newest ``keep`` checkpoints and drop temp files a kill left behind."""
+    found = list_checkpoints(folder)
+    for old in [*found[: max(len(found) - keep, 0)], *folder.glob(".step-*.pt.*.tmp")]:
+        old.unlink(missing_ok=True)
 
-    A fresh run into a folder that holds checkpoints is refused so a finished or stopped run is never mixed up.
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Where a run will write and what it resumes, decided before anything heavy loads or is written."""
+
+    folder: Path
+    checkpoint: Path | None  # None: a fresh run
+    overwrite: bool = False  # a fresh run may replace a finished or stopped one in ``folder``
+    named_here: bool = False  # a runs/<timestamp> name, made unique when the folder is created
+
+
+def plan_run(output: Path | None, resume: bool, resume_from: Path | None, overwrite: bool = False,
+             runs_root: Path = RUNS_DIR) -> RunPlan:
+    """Check the run folder can be used as asked; creates nothing (the model may still fail to load)."""
+    folder = resolve_output(output, resume, resume_from, runs_root)
+    plan = RunPlan(folder, find_checkpoint(folder, resume_from) if resume else None, overwrite,
+                   output is None and not resume)
+    refuse_to_clobber(plan)
+    return plan
+
+
+def refuse_to_clobber(plan: RunPlan) -> None:
+    """A fresh run never mixes with or silently replaces another run's checkpoints or model."""
+    if plan.checkpoint is not None or plan.overwrite:
+        return
+    if list_checkpoints(checkpoints_of(plan.folder)):
+        raise MustError(f"{plan.folder} already holds checkpoints of a run: add --resume to continue it, "
+                        "--overwrite to start it over, or pass a new --output")
+    if (plan.folder / MODEL_FILE).exists():
+        raise MustError(f"{plan.folder} holds a finished run ({MODEL_FILE}): pass --overwrite to replace it, "
+                        "or a new --output")
+
+
+class RunFolder:
+    """An open run folder: created, and locked (fcntl.flock) until ``close`` or the process ends.
+
+    The lock is the kernel's, so a run killed with -9 never leaves a stale lock behind, and a
+    second `must adapt` into the same folder is refused while the first one runs.
     """
-    out = resolve_output(output, resume, resume_from)
-    checkpoint = find_checkpoint(out, resume_from) if resume else None
-    if checkpoint is None and list_checkpoints(checkpoints_of(out)):
-        raise MustError(f"{out} already holds checkpoints of a run: add --resume to continue it, "
-                        "or pass a new --output")
-    prepare_output(out)
-    return out, checkpoint
+
+    def __init__(self, plan: RunPlan):
+        self.path = _create_unique(plan.folder) if plan.named_here else plan.folder
+        if not plan.named_here:
+            prepare_output(self.path)
+        self._lock = _lock(self.path)
+        try:
+            refuse_to_clobber(plan)  # again, under the lock: another run may have finished meanwhile
+            if plan.overwrite and plan.checkpoint is None:
+                shutil.rmtree(checkpoints_of(self.path), ignore_errors=True)
+                (self.path / "metrics.jsonl").unlink(missing_ok=True)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._lock >= 0:
+            os.close(self._lock)  # releases the flock
+            self._lock = -1
+
+    def __enter__(self) -> "RunFolder":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _create_unique(folder: Path) -> Path:
+    """``folder``, or ``folder-2``, ``folder-3``...: created atomically, so two runs never share one."""
+    for n in range(1, 1000):
+        candidate = folder if n == 1 else folder.with_name(f"{folder.name}-{n}")
+        try:
+            candidate.parent.mkdir(parents=True, exist_ok=True)
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise MustError(f"cannot write to output folder {candidate} ({e.strerror}): pass --output to a "
+                            "writable folder") from None
+    raise MustError(f"{folder.parent}: too many runs started this second: pass --output")
+
+
+def _lock(folder: Path) -> int:
+    try:
+        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise MustError(f"cannot write to output folder {folder} ({e.strerror}): pass --output to a "
+                        "writable folder") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise MustError(f"{folder} is in use by another `must adapt` run: wait for it to finish, or pass "
+                        "another --output") from None
+    return fd
 
 
 def prepare_output(out: Path) -> None:

@@ -25,6 +25,8 @@ SMALL_MAX = 5_000
 """Below this many images: small-dataset (the paper's DTD, Pets and Caltech101 have 3-4k)."""
 MEDIUM_MAX = 50_000
 """Below this many images: medium-dataset (UCF101 10k, GTSRB 27k); above: large-dataset (SUN397, Food101, ImageNet)."""
+TINY_SIDE = 64
+"""Median shorter side at most this many pixels: tiny-images (docs/presets.md: low-resolution input, <= 64 px)."""
 
 CLASSES_TEMPLATE = """\
 # Class names for `must adapt IMAGES --classes classes.txt`: one class per line.
@@ -54,8 +56,14 @@ class ImageSurvey:
     reason: str
 
 
-def suggest_preset(count: int) -> tuple[str, str]:
-    """The size preset for `count` images, and a one-line reason to show the user."""
+def suggest_preset(count: int, median: tuple[int, int] | None = None) -> tuple[str, str]:
+    """The preset for `count` images of `median` (width, height), and a one-line reason to show the user.
+
+    Low resolution decides first: 32-px photos gain nothing from the long 224-px schedules.
+    """
+    if median is not None and min(median) <= TINY_SIDE:
+        return "tiny-images", (f"median image {median[0]} x {median[1]}, at most {TINY_SIDE} px a side: "
+                               "low-resolution photos, short schedule (like CIFAR's 32-px images)")
     if count < SMALL_MAX:
         return "small-dataset", f"{count:,} images, under {SMALL_MAX:,}: long schedule, short EMA ramp (like DTD, Pets, Caltech101)"
     if count < MEDIUM_MAX:
@@ -76,11 +84,12 @@ def survey_images(root: Path, warn: Callable[[str], None]) -> ImageSurvey:
             sizes.append(image.size)
     sizes.sort(key=lambda wh: (wh[0] * wh[1], wh))
     formats = Counter(path.suffix.lower().lstrip(".") for path in good)
-    preset, reason = suggest_preset(len(good))
+    median = sizes[(len(sizes) - 1) // 2]
+    preset, reason = suggest_preset(len(good), median)
     return ImageSurvey(
         root=root, readable=len(good), skipped=len(skipped),
         formats=dict(formats.most_common()), smallest=sizes[0],
-        median=sizes[(len(sizes) - 1) // 2], largest=sizes[-1], preset=preset, reason=reason,
+        median=median, largest=sizes[-1], preset=preset, reason=reason,
     )
 
 

@@ -25,10 +25,10 @@ from must_cli import __version__
 from must_cli.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from must_cli.config import MustConfig
 from must_cli.distributed import Dist, agreed_error, reduce_sum
-from must_cli.engine import METRIC_NAMES, TrainState, cosine_lr, train_epoch
+from must_cli.engine import METRIC_NAMES, TrainState, scaled_lr, train_epoch
 from must_cli.errors import MustError
 from must_cli.evaluate import LabeledSet
-from must_cli.guard import label_balance
+from must_cli.priors import label_balance
 from must_cli.images import display_name
 from must_cli.model import MustModel
 from must_cli.progress import Reporter
@@ -37,6 +37,7 @@ from must_cli.runtime import Autocast
 from must_cli.views import EpochSampler
 
 METRICS_FILE = "metrics.jsonl"
+KEEP_WHILE_RUNNING = 2  # checkpoints kept mid-run, so one damaged after writing still leaves one to resume
 NONFINITE, IMAGES = METRIC_NAMES.index("nonfinite"), METRIC_NAMES.index("images")
 
 
@@ -133,13 +134,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def epoch_stats(total: torch.Tensor, hist: torch.Tensor, lr: float) -> dict[str, float]:
-    """Per-image means of the summed metrics, the pseudo-label balance, and the absolute lr."""
+def epoch_stats(total: torch.Tensor, hist: torch.Tensor, lr: float, prior: torch.Tensor | None) -> dict[str, float]:
+    """Per-image means of the summed metrics, the pseudo-label balance (against the class prior), and the lr."""
     values = dict(zip(METRIC_NAMES, total.tolist()))
     n = max(values["images"], 1.0)
     means = {name: values[name] / n for name in ("loss", "loss_cls", "loss_fair", "loss_mim", "loss_align",
                                                  "kept", "agree")}
-    return {**means, "balance": label_balance(hist), "lr": lr}
+    return {**means, "balance": label_balance(hist, prior), "lr": lr}
 
 
 class Trainer:
@@ -152,8 +153,8 @@ class Trainer:
         self.paths, self.run_dir, self.fingerprint = paths, run_dir, fingerprint
         self.dist, self.device, self.autocast, self.reporter, self.eval_set = dist, device, autocast, reporter, eval_set
         self.state = TrainState()
-        self.peak_lr = plan.global_batch * cfg.base_lr / 256  # absolute, from the per-256 base lr
-        self.floor_lr = plan.global_batch * cfg.min_lr / 256
+        self.peak_lr = scaled_lr(cfg.base_lr, plan.global_batch)  # absolute, from the per-256 base lr
+        self.floor_lr = scaled_lr(cfg.min_lr, plan.global_batch)
         self.log_every = 1 if device.type == "cpu" else 20  # each log is an all-reduce that waits for the GPU
         self.stop = StopRequest()
         self.unreadable: set[int] = set()
@@ -189,7 +190,8 @@ class Trainer:
             "optimizer": nets.optimizer.state_dict(), "state": self.state.__dict__, "rng": rng_state(),
             "fingerprint": self.fingerprint, "config": self.cfg.model_dump(), "must_cli_version": __version__,
         }
-        save_checkpoint(checkpoints_of(self.run_dir), self.state.step, payload, self.cfg.keep_checkpoints)
+        keep = max(self.cfg.keep_checkpoints, KEEP_WHILE_RUNNING)
+        save_checkpoint(checkpoints_of(self.run_dir), self.state.step, payload, keep)
 
     # ---------------------------------------------------------------- the run
 
@@ -238,7 +240,8 @@ class Trainer:
         total, hist = reduce_sum(self._sums), reduce_sum(self._hist)
         seconds = round(time.time() - started, 2)
         seen = float(total[IMAGES]) - images_before  # this session's images only, after a resume
-        record = {"epoch": self.state.epoch + 1, "step": self.state.step, **epoch_stats(total, hist, self._lr),
+        stats = epoch_stats(total, hist, self._lr, self.state.prior)
+        record = {"epoch": self.state.epoch + 1, "step": self.state.step, **stats,
                   "seconds": seconds, "images_per_second": round(seen / max(seconds, 1e-9), 1)}
         epoch = self.state.epoch + 1
         if self.eval_set and self.dist.is_main and (epoch % self.cfg.eval_every == 0 or epoch == self.cfg.epochs):
@@ -271,7 +274,8 @@ class Trainer:
         bad, stopping = reduce_sum(flags).tolist()
         if bad:
             raise self._diverged(state.step)
-        self.reporter.update(step_in_epoch, epoch_stats(reduce_sum(self._sums), reduce_sum(self._hist), lr))
+        stats = epoch_stats(reduce_sum(self._sums), reduce_sum(self._hist), lr, state.prior)
+        self.reporter.update(step_in_epoch, stats)
         if (due or stopping) and mid_epoch:
             self.checkpoint(mid_epoch=True)
         self._halted = bool(stopping)
@@ -287,7 +291,7 @@ class Trainer:
         by = signal.Signals(self.stop.signal).name if self.stop.signal else "a signal to another process"
         return agreed_error(self.dist.is_main,
                             f"stopped by {by} at step {self.state.step}: checkpoint saved; continue with "
-                            f"`must adapt ... --output {self.run_dir} --resume`")
+                            f"`must adapt --resume {self.run_dir}`")
 
     def _warn_unreadable(self, batches: Iterable[dict]) -> Iterator[dict]:
         """Warn once per file that passed the header scan but fails to decode (e.g. truncated data).

@@ -53,3 +53,9 @@ def adapted_run(tmp_path_factory, tiny_spec, classes_file, unlabeled_images) -> 
     ])
     assert result.exit_code == 0, result.output
     return out
+
+
+@pytest.fixture(autouse=True)
+def _work_in_tmp(tmp_path, monkeypatch):
+    """Every test runs in its own temporary folder, so nothing (a default runs/ included) lands in the checkout."""
+    monkeypatch.chdir(tmp_path)

@@ -62,13 +62,13 @@ def tiny_model(k: int = 3) -> MustModel:
     return MustModel(visual, classifier, logit_scale=14.0)
 
 
-def bomb_png(path: Path) -> Path:
-    """A valid 1x1 PNG whose IHDR claims 30000 x 30000 pixels (CRC fixed so PIL trusts it)."""
+def bomb_png(path: Path, side: int = 40000) -> Path:
+    """A valid 1x1 PNG whose IHDR claims side x side pixels (CRC fixed so PIL trusts it): 1.6 GP by default."""
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (1, 1), (200, 40, 10)).save(path, format="PNG")
     data = bytearray(path.read_bytes())
     ihdr = data.index(b"IHDR")
-    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", 30000, 30000)
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", side, side)
     data[ihdr + 17 : ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr : ihdr + 17])))
     path.write_bytes(bytes(data))
     return path

@@ -95,3 +95,52 @@ def test_to_toml_round_trips(tmp_path, preset):
         path = tmp_path / f"c{comments}.toml"
         path.write_text(to_toml(cfg, comments=comments))
         assert resolve_config(config_file=path) == cfg
+
+
+FLOAT_FIELDS = sorted(name for name, f in MustConfig.model_fields.items() if f.annotation is float)
+
+
+def test_the_config_has_float_fields_to_check():
+    assert {"base_lr", "min_lr", "threshold", "w_fair", "ema_mu0"} <= set(FLOAT_FIELDS)
+
+
+@pytest.mark.parametrize("name", FLOAT_FIELDS)
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_floats_are_refused_naming_the_key(name, value):
+    """`--lr inf` used to train every weight into NaN; every float field refuses inf and nan, from flags too."""
+    with pytest.raises(MustError, match=rf"^config value '{name}' = {value!r}: Input should be a finite number$"):
+        resolve_config(overrides={name: value})
+
+
+@pytest.mark.parametrize("text", ["base_lr = inf", "w_align = nan", "min_lr = -inf"])
+def test_non_finite_floats_in_toml_are_refused(tmp_path, text):
+    config = tmp_path / "must.toml"
+    config.write_text(text + "\n")
+    with pytest.raises(MustError, match=f"config value '{text.split()[0]}'.*finite"):
+        resolve_config(config_file=config)
+
+
+@pytest.mark.parametrize("text, key", [('guard = "no"', "guard"), ("seed = true", "seed"), ('epochs = "1"', "epochs"),
+                                       ("batch_size = 8.0", "batch_size"), ("precision = 1", "precision"),
+                                       ('threshold = "0.5"', "threshold")])
+def test_toml_values_of_the_wrong_type_are_errors_not_coerced(tmp_path, text, key):
+    config = tmp_path / "must.toml"
+    config.write_text(text + "\n")
+    with pytest.raises(MustError, match=f"^config value '{key}' = ") as exc:
+        resolve_config(config_file=config)
+    assert "\n" not in str(exc.value)
+
+
+def test_strict_types_still_take_ints_for_floats_and_typed_flags(tmp_path):
+    config = tmp_path / "must.toml"
+    config.write_text("w_fair = 1\nthreshold = 0.5\nguard = false\n")
+    cfg = resolve_config(preset="hard-domain", config_file=config,
+                         overrides={"epochs": 2, "base_lr": 1e-3, "mim": False, "precision": "fp32", "device": "cpu"})
+    assert (cfg.w_fair, cfg.threshold, cfg.guard, cfg.epochs, cfg.base_lr, cfg.mim) == (1.0, 0.5, False, 2, 1e-3, False)
+
+
+def test_max_pixels_is_a_config_field_with_bounds():
+    assert MustConfig().max_pixels == 250_000_000
+    assert resolve_config(overrides={"max_pixels": 400_000_000}).max_pixels == 400_000_000
+    with pytest.raises(MustError, match="max_pixels"):
+        resolve_config(overrides={"max_pixels": 0})

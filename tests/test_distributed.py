@@ -48,7 +48,7 @@ def runs(tmp_path_factory, tiny_spec, classes_file) -> dict:
     (root / "cfg.toml").write_text("threshold = 0.34\n")  # the tiny model's pseudo-labels pass: L_cls is exercised
     common = ["adapt", str(images), "--classes", str(classes_file), "--templates", str(root / "templates.txt"),
               "--model", tiny_spec, "--config", str(root / "cfg.toml"), "--epochs", "1", "--workers", "0",
-              "--save-every", "1", "--lr", "1e-2", "--device", "cpu", "--no-guard"]
+              "--save-every", "1", "--keep-checkpoints", "2", "--lr", "1e-2", "--device", "cpu", "--no-guard"]
     one = CliRunner().invoke(app, [*common, "--batch-size", "6", "--output", str(root / "one")])
     assert one.exit_code == 0, one.output
     work = root / "work"  # no --output: rank 0 names runs/<timestamp> for everyone
@@ -76,8 +76,8 @@ def test_only_rank_zero_writes_and_draws(runs):
     assert sorted(p.name for p in runs_dir.iterdir()) == sorted(["latest", runs["two"].name])
     assert list(runs["work"].iterdir()) == [runs_dir]
     files = sorted(str(p.relative_to(runs["two"])) for p in runs["two"].rglob("*") if p.is_file())
-    assert files == ["checkpoints/step-00000001.pt", "checkpoints/step-00000002.pt", "config.toml",
-                     "metrics.jsonl", "model.safetensors"]
+    assert files == [".lock", "checkpoints/step-00000001.pt", "checkpoints/step-00000002.pt", "config.toml",
+                     "metrics.jsonl", "model.safetensors", "report.html", "run-record.json"]
     model, meta = load_model(runs["two"])
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3)
     assert runs["stderr"].count("2 process(es) x batch 3 x accum 1 = 6") == 1

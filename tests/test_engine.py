@@ -12,7 +12,6 @@ from must_cli.engine import (
     pixel_mask, scaled_lr, train_epoch,
 )
 from must_cli.losses import fairness_loss
-from must_cli.model import MustModel
 
 from helpers import tiny_model
 

@@ -258,3 +258,149 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(common, classes_fi
     r = invoke(*argv, "--resume")
     assert r.exit_code == 0 and "resumed from" in r.output, r.output
     assert (out / "model.safetensors").exists()
+
+
+# --- issue 13: what a new user broke ------------------------------------------------------------------
+
+
+def edited_model(src: Path, dst: Path, meta_edit=None, tensor_edit=None) -> Path:
+    """A copy of an adapted model file with its header (JSON strings) or tensors changed."""
+    with safe_open(str(src / "model.safetensors"), framework="pt") as f:
+        meta = dict(f.metadata())
+    tensors = load_file(src / "model.safetensors")
+    if meta_edit:
+        meta_edit(meta)
+    if tensor_edit:
+        tensor_edit(tensors)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(dst), metadata=meta)
+    return dst
+
+
+def model_commands(path: Path, labeled: Path, tmp: Path) -> dict[str, list]:
+    """The three commands that read a model file, each pointed at `path`."""
+    cpu = ["--workers", 0, "--device", "cpu"]
+    return {"predict": ["predict", labeled, "--model", path, *cpu], "eval": ["eval", labeled, "--model", path, *cpu],
+            "export": ["export", "--model", path, "--format", "torchscript", "--output", tmp / "m.pt"]}
+
+
+@pytest.mark.parametrize("flag, value", [("--lr", "inf"), ("--lr", "nan"), ("--lr", "-inf")])
+def test_non_finite_learning_rate_is_refused_before_any_work(common, classes_file, unlabeled_images, tmp_path,
+                                                             flag, value):
+    """`--lr inf --no-guard` used to exit 0 with a model of NaN weights that labelled everything 'ship nan'."""
+    one_line_error(invoke("adapt", unlabeled_images, "--classes", classes_file, *common["args"], flag, value,
+                          "--output", tmp_path / "out"), "config value 'base_lr'", "finite")
+    assert not (tmp_path / "out").exists()
+
+
+def test_save_model_refuses_non_finite_weights(adapted_run, tmp_path):
+    model, meta = load_model(adapted_run)
+    with torch.no_grad():
+        model.classifier[0, 0] = float("inf")
+    keep = {k: meta[k] for k in ("vision_config", "classnames", "templates", "preprocess")}
+    with pytest.raises(MustError, match=r"model\.safetensors: not written: weight 'classifier' holds NaN or infinite"):
+        checkpoint.save_model(tmp_path / "model.safetensors", model, keep)
+    assert list(tmp_path.iterdir()) == []  # no partial file either
+
+
+@pytest.mark.parametrize("command", ["predict", "eval", "export"])
+def test_a_model_with_nan_weights_is_refused(adapted_run, labeled_images, tmp_path, command):
+    def poison(tensors):
+        tensors["visual.proj"][0, 0] = float("nan")
+
+    path = edited_model(adapted_run, tmp_path / "nan" / "model.safetensors", tensor_edit=poison)
+    one_line_error(invoke(*model_commands(path, labeled_images, tmp_path)[command]),
+                   str(path), "weight 'visual.proj' holds NaN or infinite values")
+    assert not (tmp_path / "m.pt").exists()
+
+
+def _set(key, value):
+    return lambda meta: meta.__setitem__(key, value)
+
+
+EDITS = {
+    "fewer classes": (_set("classnames", json.dumps(["red", "green"])), "the classifier has 3 classes but the metadata lists 2"),
+    "more classes": (_set("classnames", json.dumps(["red", "green", "blue", "grey"])), "lists 4 class names"),
+    "classnames not a list": (_set("classnames", '"red green blue"'), "metadata 'classnames' is not a JSON list"),
+    "preprocess not JSON": (_set("preprocess", "{image_size: 32"), "metadata 'preprocess' is not a JSON object"),
+    "preprocess without std": (_set("preprocess", json.dumps({"image_size": 32, "mean": [0.5] * 3})), "'preprocess' is not"),
+    "vision_config missing": (lambda meta: meta.pop("vision_config"), "metadata 'vision_config' is missing"),
+    "classnames missing": (lambda meta: meta.pop("classnames"), "metadata 'classnames' is missing"),
+}
+
+
+@pytest.mark.parametrize("command", ["predict", "eval", "export"])
+@pytest.mark.parametrize("edit", EDITS)
+def test_edited_model_metadata_is_one_line_error(adapted_run, labeled_images, tmp_path, edit, command):
+    """These gave IndexError/TypeError/KeyError tracebacks (or wrong labels) before the header was validated."""
+    change, needle = EDITS[edit]
+    path = edited_model(adapted_run, tmp_path / "edited" / "model.safetensors", meta_edit=change)
+    result = invoke(*model_commands(path, labeled_images, tmp_path)[command])
+    if (command, edit) == ("eval", "fewer classes"):  # eval meets the folder that matches no class name first
+        one_line_error(result, "folder(s) blue match no class name")
+    else:
+        one_line_error(result, str(path), needle, "restore it or re-run `must adapt`")
+
+
+def read_only(monkeypatch, folder: Path) -> None:
+    """Refuse to create anything under `folder` as a read-only mount would (root ignores chmod)."""
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args, **kwargs):
+        if Path(os.fsdecode(path)).resolve().is_relative_to(folder.resolve()):
+            raise OSError(errno.EROFS, "Read-only file system", os.fsdecode(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+
+
+@pytest.mark.parametrize("with_output", [False, True])
+def test_export_to_a_read_only_place_is_one_line_error(adapted_run, tmp_path, monkeypatch, with_output):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes((adapted_run / "model.safetensors").read_bytes())
+    dst = tmp_path / "ro" / "sub" / "model.pt" if with_output else run / "model.torchscript.pt"
+    (tmp_path / "ro").mkdir()
+    read_only(monkeypatch, tmp_path / "ro" if with_output else run)
+    args = ["export", "--model", run, "--format", "torchscript", *(["--output", dst] if with_output else [])]
+    one_line_error(invoke(*args), f"cannot write {dst} (Read-only file system)")
+    debug = invoke("--debug", *args)  # --debug shows our error's traceback, not an OSError from deep inside
+    assert isinstance(debug.exception, MustError) and not isinstance(debug.exception, OSError)
+    assert not dst.exists()
+
+
+def test_sort_into_inside_the_image_folder_is_left_out_of_the_scan(adapted_run, tmp_path):
+    """Each rerun used to sort its own copies again (40 -> 80 -> 160 files); now only the 6 photos, every time."""
+    images = make_color_images(tmp_path / "photos", per_class=2)
+    target = images / "sorted"
+    sorted_files = []
+    for _ in range(3):
+        r = invoke("predict", images, "--model", adapted_run, "--sort-into", target, "--workers", 0, "--device", "cpu")
+        assert r.exit_code == 0, r.output
+        out = " ".join(r.output.split())
+        assert "6 images in" in out and "is inside" in out and "left out of the scan" in out
+        sorted_files.append(sum(1 for p in target.rglob("*") if p.is_file()))
+    assert sorted_files == [6, 12, 18]  # grows by the 6 photos per rerun, not by doubling
+    assert sum(1 for p in images.iterdir() if p.is_file()) == 6  # the originals are untouched
+
+
+def test_sort_into_the_image_folder_itself_is_refused(adapted_run, tmp_path):
+    images = make_color_images(tmp_path / "photos", per_class=2)
+    before = tree(images)
+    one_line_error(invoke("predict", images, "--model", adapted_run, "--sort-into", images / "." ),
+                   "is the image folder itself", "pick a new folder")
+    assert tree(images) == before
+
+
+def test_max_pixels_flag_reaches_the_scan_of_adapt_and_predict(common, classes_file, adapted_run, tmp_path):
+    """--max-pixels is the documented knob of the bomb guard: 40 x 40 photos over a 1,000-pixel limit are all skipped."""
+    images = make_color_images(tmp_path / "photos", per_class=1)
+    adapt = invoke("adapt", images, "--classes", classes_file, *common["args"], "--max-pixels", 1000,
+                   "--output", tmp_path / "out")
+    one_line_error(adapt, "no readable image in")
+    assert "40 x 40 pixels, over --max-pixels 1,000" in " ".join(adapt.output.split())
+    assert not (tmp_path / "out").exists()
+    predict = invoke("predict", images, "--model", adapted_run, "--max-pixels", 1000, "--workers", 0, "--device", "cpu")
+    one_line_error(predict, "no readable image in")
+    ok = invoke("predict", images, "--model", adapted_run, "--max-pixels", 1600, "--workers", 0, "--device", "cpu")
+    assert ok.exit_code == 0 and "3 images in" in ok.output, ok.output

@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from must_cli import images
 from must_cli.errors import MustError
 from must_cli.images import (
+    DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     ImageReadError,
     discover_images,
@@ -218,10 +220,38 @@ def test_bad_files_are_probed_and_refused(tmp_path, write, reason):
     assert info.value.reason.startswith(reason)
 
 
-def test_bomb_just_over_the_limit_is_refused(tmp_path, monkeypatch):
+def test_bomb_just_over_the_limit_is_refused(tmp_path):
     path = rgb(tmp_path / "big.png", (10, 10))
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 60)  # 100 pixels: PIL would only warn
-    assert probe_image(path) == "too large: exceeds the decompression-bomb limit of 60 pixels"
+    assert probe_image(path, max_pixels=100) is None
+    assert probe_image(path, max_pixels=99) == (
+        "too large: 10 x 10 pixels, over --max-pixels 99 (a decompression-bomb guard): raise it if you trust the file")
+
+
+def test_bombs_over_the_default_and_over_the_ceiling_are_refused(tmp_path):
+    assert probe_image(bomb_png(tmp_path / "b.png", side=20000)).startswith("too large: 20000 x 20000 pixels")
+    assert probe_image(tmp_path / "b.png", max_pixels=500_000_000) is None  # a raised --max-pixels lets it through
+    assert probe_image(bomb_png(tmp_path / "c.png"), max_pixels=10**9).startswith("too large: over the decompression")
+
+
+def test_a_144_megapixel_scan_is_kept_with_a_warning(tmp_path):
+    """The 12,000 x 12,000 PNG a user reported: under the default max_pixels, decoded reduced, one warning line."""
+    path = tmp_path / "photos" / "scan.png"
+    path.parent.mkdir()
+    Image.new("L", (12000, 12000), 90).save(path, compress_level=1)
+    assert 12000 * 12000 < DEFAULT_MAX_PIXELS
+    lines, warn = warnings_list()
+    kept, skipped = scan_images(path.parent, warn)
+    assert kept == [path] and skipped == []
+    assert lines == [f"{path}: 12000 x 12000 pixels, decoded at 1/2 of each side to stay under 89,478,485 pixels"]
+
+
+@pytest.mark.parametrize("fmt, expect", [("PNG", (13, 10)), ("JPEG", (13, 10))])
+def test_large_images_are_decoded_reduced(tmp_path, monkeypatch, fmt, expect):
+    monkeypatch.setattr(images, "LARGE_PIXELS", 150)  # stands for PIL's 89.5 MP
+    path = rgb(tmp_path / "big.img", (50, 40), fmt=fmt)  # 2000 pixels: 1/4 of each side
+    image = load_rgb(path)
+    assert image.mode == "RGB" and image.size == expect and image.width * image.height <= 150
+    assert np.abs(np.asarray(image, dtype=int) - (200, 40, 10)).max() < 8  # the same picture, smaller
 
 
 def test_permission_denied(tmp_path, monkeypatch):

@@ -38,12 +38,12 @@ def test_init_refuses_to_overwrite_without_force(tmp_path):
 
 
 def test_init_surveys_images_and_suggests_a_preset(tmp_path):
-    images = make_color_images(tmp_path / "imgs", per_class=4, size=40)
+    images = make_color_images(tmp_path / "imgs", per_class=4, size=80)
     (images / "broken.png").write_bytes(b"not a png")
     result = runner.invoke(app, ["init", str(tmp_path / "proj"), "--images", str(images)])
     assert result.exit_code == 0, result.output
     out = " ".join(result.output.split())
-    assert "readable │ 12" in out and "skipped │ 1" in out and "jpg 12" in out and "40 x 40" in out
+    assert "readable │ 12" in out and "skipped │ 1" in out and "jpg 12" in out and "80 x 80" in out
     assert "suggested preset: small-dataset" in out and "broken.png" in out
     assert resolve_config(config_file=tmp_path / "proj" / "must.toml") == resolve_config(preset="small-dataset")
 
@@ -51,6 +51,17 @@ def test_init_surveys_images_and_suggests_a_preset(tmp_path):
 def test_suggestion_thresholds():
     assert [suggest_preset(n)[0] for n in (1, 4_999, 5_000, 49_999, 50_000)] == [
         "small-dataset", "small-dataset", "medium-dataset", "medium-dataset", "large-dataset"]
+    assert [suggest_preset(100_000, size)[0] for size in ((32, 32), (64, 500), (65, 65), (224, 224))] == [
+        "tiny-images", "tiny-images", "large-dataset", "large-dataset"]
+
+
+def test_init_suggests_tiny_images_for_32_px_photos(tmp_path):
+    """docs/presets.md: tiny-images is the preset for low-resolution (<= 64 px) input, e.g. CIFAR's 32-px photos."""
+    images = make_color_images(tmp_path / "imgs", per_class=4, size=32)
+    result = runner.invoke(app, ["init", str(tmp_path / "proj"), "--images", str(images)])
+    assert result.exit_code == 0, result.output
+    assert "suggested preset: tiny-images (median image 32 x 32" in " ".join(result.output.split())
+    assert resolve_config(config_file=tmp_path / "proj" / "must.toml") == resolve_config(preset="tiny-images")
 
 
 def test_init_output_drives_adapt(tmp_path, tiny_spec, unlabeled_images):

@@ -107,14 +107,19 @@ def test_sigterm_checkpoints_and_says_how_to_resume(setup):
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
     m = re.fullmatch(r"error: stopped by SIGTERM at step (\d+): checkpoint saved; continue with "
-                     r"`must adapt \.\.\. --output (.+) --resume`", last)
+                     r"`must adapt --resume (.+)`", last)
     assert m and Path(m[2]) == out, last
     assert list_checkpoints(out / "checkpoints")[-1].name == f"step-{int(m[1]):08d}.pt"  # the step it finished
     assert not (out / "model.safetensors").exists()
-    # `--resume RUN_FOLDER` without --output continues in that folder.
-    argv = setup["args"](out)
-    resume([*argv[: argv.index("--output")], "--resume", str(out)])
+    # Exactly the command it printed: images, classes, templates, model and settings come from RUN/config.toml.
+    resume(["adapt", "--resume", str(out)])
     assert_same_run(out, setup["reference"])
+
+
+def test_resume_run_alone_refuses_flags_that_would_change_the_run(setup, tmp_path):
+    fails(["adapt", "--resume", str(setup["reference"]), "--epochs", "9"], "only --workers, --device",
+          "drop --epochs")
+    fails(["adapt", "--resume", str(tmp_path)], f"{tmp_path / 'config.toml'}: no record of this run")
 
 
 def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(setup):

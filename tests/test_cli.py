@@ -1,0 +1,136 @@
+"""What the terminal shows (issue 13, items 11 to 13): progress at 80 columns and in logs, the
+summary on stdout, --help and --version, and failing fast without loading torch or waiting on
+a network that is not there."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from must_cli.cli import app
+from must_cli.progress import Reporter
+
+STATS = {"loss": 1.2345, "kept": 0.5, "balance": 0.9876, "agree": 0.75, "loss_mim": 0.1234, "loss_align": 0.4567,
+         "lr": 1.5e-05}
+COMMANDS = ["adapt", "eval", "predict", "export", "init"]
+
+
+def test_log_output_is_one_plain_line_every_few_steps():
+    out = io.StringIO()
+    reporter = Reporter(Console(file=out, force_terminal=False, width=80))
+    reporter.start_epoch(0, 3, 100)
+    for step in range(1, 101):
+        reporter.update(step, STATS)
+    reporter.end_epoch()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 10  # every 10th of 100 steps, the last included
+    assert re.fullmatch(r"epoch 1/3 step 100/100 \d:\d\d:\d\d eta \S+ loss 1\.234 kept 0\.500 bal 0\.988 "
+                        r"agree 0\.750 mim 0\.123 align 0\.457 lr 1\.5e-05", lines[-1]), lines[-1]
+
+
+def test_terminal_bar_fits_80_columns_with_metrics_on_their_own_line():
+    out = io.StringIO()
+    reporter = Reporter(Console(file=out, force_terminal=True, width=80, color_system=None))
+    reporter.start_epoch(4, 30, 1234, done=0)
+    reporter.update(617, STATS)
+    reporter.end_epoch()
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())
+    lines = [line for line in text.replace("\r", "\n").splitlines() if line.strip()]
+    assert all(len(line) <= 80 for line in lines)
+    assert any("epoch 5/30" in line and "617/1234" in line and "eta" in line for line in lines), lines
+    assert any(line.startswith("loss 1.234 kept 0.500") and line.endswith("lr 1.5e-05") for line in lines)
+
+
+def test_summary_goes_to_stdout_without_empty_accuracy_columns(adapted_run, tmp_path, tiny_spec, classes_file,
+                                                               unlabeled_images):
+    r = CliRunner().invoke(app, ["adapt", str(unlabeled_images), "--classes", str(classes_file), "--model",
+                                 tiny_spec, "--epochs", "1", "--batch-size", "8", "--workers", "0", "--no-guard",
+                                 "--output", str(tmp_path / "run")], env={"COLUMNS": "80"})
+    assert r.exit_code == 0, r.output
+    assert "model written to" in r.stdout and "model written to" not in r.stderr
+    assert "epoch 1/1 step 3/3" in r.stderr  # progress (plain, not a terminal) stays on stderr
+    table = [line for line in r.stdout.splitlines() if not line.startswith("model written to")]
+    assert "top-1" not in r.stdout and all(len(line) <= 80 for line in table)
+    assert [c.strip() for c in table[2].strip("┃").split("┃")] == ["epoch", "loss", "kept", "balance", "agree"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_fits_80_columns_describes_every_option_and_names_arguments(command):
+    r = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "80"})
+    assert r.exit_code == 0
+    lines = r.output.splitlines()
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
+    assert "{" not in lines[0] and "<" not in lines[0]  # "must eval [OPTIONS] IMAGES", not "{images}"
+    options = lines[lines.index("Options:") + 1:]
+    for i, line in enumerate(options):  # an option line with no text is followed by its indented help
+        if line.startswith("  -") and len(line.split("  ")) < 3 and not line.rstrip().endswith("."):
+            assert options[i + 1].startswith(" " * 10), f"{command}: {line.strip()} has no description"
+
+
+def test_adapt_help_shows_defaults_and_the_learning_rate_unit():
+    text = " ".join(CliRunner().invoke(app, ["adapt", "--help"], env={"COLUMNS": "80"}).output.split())
+    assert "adapt [OPTIONS] [IMAGES]" in text
+    for flag, default in (("--epochs", "30"), ("--batch-size", "64"), ("--seed", "0"), ("--keep-checkpoints", "1")):
+        assert re.search(re.escape(flag) + r" N .*?\[default: " + default + r"\]", text), flag
+    assert "--base-lr, --lr LR learning rate per 256 images" in text
+    assert "--grad-checkpointing / --no-grad-checkpointing" in text and "trade compute for memory" in text
+
+
+def test_version():
+    from must_cli import __version__
+
+    r = CliRunner().invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.output.strip() == f"must-cli {__version__}"
+
+
+def run_must(args: list[str], tmp_path, **env: str) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "must_cli", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "COLUMNS": "200", **env}, cwd=tmp_path)
+    return proc, time.monotonic() - start
+
+
+def test_bad_arguments_fail_before_torch_is_imported(tmp_path, classes_file, unlabeled_images):
+    """A `torch` that cannot be imported proves the checks run first."""
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "torch.py").write_text("raise ImportError('torch was imported before the arguments were checked')\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(fake), os.environ.get("PYTHONPATH", "")])}
+    cases = [
+        (["adapt", str(tmp_path / "missing"), "--classes", str(classes_file)], "IMAGES", "does not exist"),
+        (["adapt", str(unlabeled_images), "--classes", str(tmp_path / "nope.txt")], "nope.txt"),
+        (["adapt", str(unlabeled_images)], "missing --classes"),
+        (["adapt", str(unlabeled_images), "--classes", str(classes_file), "--epochs", "0"], "epochs"),
+        (["adapt", "--resume", str(tmp_path)], "no record of this run"),
+    ]
+    for args, *needles in cases:
+        proc, _ = run_must(args, tmp_path, **env)
+        err = proc.stderr.strip()
+        assert proc.returncode == 1 and err.startswith("error:") and "\n" not in err, err
+        assert all(n in err for n in needles), err
+    assert os.listdir(tmp_path) == ["fake"]
+
+
+def test_no_network_fails_within_seconds(tmp_path, classes_file, unlabeled_images):
+    """An unreachable hub (no HF_HUB_OFFLINE set) is detected up front instead of after a minute of retries.
+
+    Measured against a model that fails without any network, so the imports' cost (slow on a busy
+    machine) cancels out.
+    """
+    base = ["adapt", str(unlabeled_images), "--classes", str(classes_file)]
+    env = {"HF_ENDPOINT": "http://10.255.255.1", "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf")}
+    local, local_seconds = run_must([*base, "--model", f"local-dir:{tmp_path}"], tmp_path, **env)
+    assert local.returncode == 1, local.stderr
+    proc, seconds = run_must([*base, "--model", "ViT-B-16", "--pretrained", "openai"], tmp_path, **env)
+    err = proc.stderr.strip()
+    assert proc.returncode == 1 and "\n" not in err and "cannot download weights for ViT-B-16" in err, err
+    assert seconds - local_seconds < 10, (seconds, local_seconds)
+    assert "runs" not in os.listdir(tmp_path)

@@ -1,0 +1,70 @@
+"""The README's two setup commands are what CI runs, and they are the whole setup."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _readme_commands():
+    spec = importlib.util.spec_from_file_location("readme_commands", ROOT / ".ci" / "readme_commands.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_has_the_demo_and_the_test_command():
+    command = _readme_commands().command
+    assert command("demo") == 'pip install -e ".[export]" && bash examples/demo.sh'
+    assert command("test") == 'pip install -e ".[test]" && python -m pytest -q'
+
+
+def test_ci_runs_exactly_the_readme_blocks_after_the_torch_pins():
+    """.ci/run may only set up the environment (venv, the local torch pair) before running the two README lines."""
+    lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    installs = [line for line in lines if "pip install" in line]
+    assert installs == ['python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"']
+    assert 'for block in demo test; do' in lines and 'line="$(python .ci/readme_commands.py "$block")"' in lines
+    assert not [line for line in lines if "pytest" in line or "demo.sh" in line]  # only through the README
+
+
+def test_test_extra_brings_what_the_tests_import():
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(req.startswith("pytest") for req in extras["test"])
+    assert "must-cli[export]" in extras["test"]  # test_export needs onnx, onnxruntime, onnxscript
+    assert {re.split(r"[<>=]", r)[0] for r in extras["export"]} == {"onnx", "onnxruntime", "onnxscript"}
+
+
+def test_the_package_pins_no_torch_index():
+    """CPU-only wheels are the README's advice, not a constraint: the package accepts torch from any index."""
+    text = (ROOT / "pyproject.toml").read_text()
+    assert "download.pytorch.org" not in text and "+cpu" not in text
+    readme = (ROOT / "README.md").read_text()
+    assert "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu" in readme
+
+
+@pytest.mark.parametrize("text", [
+    "no markers at all",
+    "<!-- ci:demo -->\n```\npip install a\npip install b\n```\n<!-- /ci:demo -->\n",
+])
+def test_a_missing_or_multi_line_block_fails_ci_loudly(text):
+    with pytest.raises(SystemExit, match="expected one marked block 'ci:demo'"):
+        _readme_commands().command("demo", text)
+
+
+def test_the_demo_command_names_a_script_that_exists():
+    words = shlex.split(_readme_commands().command("demo"))
+    assert (ROOT / words[words.index("bash") + 1]).is_file()

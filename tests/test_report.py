@@ -1,0 +1,231 @@
+"""report.html: builds for finished, labeled and stopped runs; self-contained, parseable, and its numbers are right."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from must_cli.cli import app
+from must_cli.evaluate import EvalRequest, run_eval
+from must_cli.report import build_report
+from must_cli.report_data import RECORD_FILE, read_run
+
+SECTIONS = ("1. Summary", "2. Training curves", "3. Pseudo-labels", "4. Zero-shot vs adapted", "5. Example images",
+            "6. Accuracy on the labeled folder", "7. Label-free estimate")
+
+
+class Page(HTMLParser):
+    """Collects what the checks need; fails on tags closed out of order."""
+
+    VOID = {"meta", "img", "br", "link", "input", "hr"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.images: list[str] = []
+        self.urls: list[str] = []
+        self.tags: set[str] = set()
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs["src"])
+        self.urls += [v for k, v in attrs.items() if k in ("href", "src") and v and not v.startswith("data:")]
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        assert self.stack and self.stack.pop() == tag, f"</{tag}> closes {self.stack[-1:]}"
+
+
+def check_page(path: Path) -> tuple[str, Page]:
+    """Parse, decode every image, and find nothing that would reach the network."""
+    text = path.read_text(encoding="utf-8")
+    page = Page()
+    page.feed(text)
+    page.close()
+    assert page.stack == [], page.stack
+    assert not page.urls and not {"script", "link", "iframe"} & page.tags
+    assert not re.search(r"(https?:)?//[a-z0-9]", re.sub(r'src="data:[^"]*"', "", text), re.I)
+    assert page.images
+    for src in page.images:
+        kind, data = re.fullmatch(r"data:image/(png|jpeg);base64,([A-Za-z0-9+/=]+)", src).groups()
+        with Image.open(io.BytesIO(base64.b64decode(data))) as im:
+            im.load()
+            assert im.format == kind.upper() and min(im.size) > 8
+    return text, page
+
+
+def sections(text: str) -> list[str]:
+    return [s for s in SECTIONS if f"<h2>{s}" in text]
+
+
+def measured(text: str, row: str) -> str:
+    """The last cell of a row of the estimate table."""
+    return re.search(rf"<td>{re.escape(row)}</td>.*?</td><td class=\"num\">([^<]+)</td></tr>", text).group(1)
+
+
+@pytest.fixture()
+def run_copy(adapted_run, tmp_path) -> Path:
+    return Path(shutil.copytree(adapted_run, tmp_path / "run"))
+
+
+def test_report_of_a_finished_run_with_a_labeled_folder(run_copy, unlabeled_images, labeled_images):
+    out = build_report(run_copy, images=unlabeled_images, eval_dir=labeled_images, device="cpu")
+    assert out == run_copy / "report.html"
+    text, page = check_page(out)
+    assert sections(text) == list(SECTIONS)
+    # The measured accuracies match `must eval` of the same models on the same folder.
+    adapted = run_eval(EvalRequest(labeled_images, str(run_copy), device="cpu", workers=0), lambda m: None)
+    assert measured(text, "adapted accuracy (%)") == f"{100 * adapted['top1']:.1f}"
+    n_images = len(list(unlabeled_images.iterdir()))
+    assert f"of {n_images:,} sampled images changed label" in text
+    thumbs = [s for s in page.images if s.startswith("data:image/jpeg")]
+    assert 0 < len(thumbs) <= 3 * 6 + 24
+
+
+def test_report_without_images_says_what_is_missing(run_copy):
+    (run_copy / RECORD_FILE).unlink()  # a run made before runs recorded their inputs
+    (run_copy / "config.toml").unlink()
+    text, _ = check_page(build_report(run_copy, device="cpu"))
+    assert sections(text) == list(SECTIONS[:2])
+    assert "must report RUN --images DIR" in text
+
+
+def test_must_report_uses_the_run_record_and_prints_the_path(run_copy, unlabeled_images):
+    (run_copy / RECORD_FILE).write_text(f'{{"images": "{unlabeled_images}", "status": "finished", "device": "cpu"}}')
+    r = CliRunner().invoke(app, ["report", str(run_copy), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert r.output.strip().endswith(str(run_copy / "report.html"))
+    text, _ = check_page(run_copy / "report.html")
+    assert "5. Example images" in text and "6. Accuracy" not in text
+
+
+def test_must_report_on_a_folder_that_is_not_a_run(tmp_path):
+    r = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert r.exit_code == 1
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and "is not a run folder" in lines[0] and "Traceback" not in r.output
+
+
+def test_report_of_a_stopped_run_uses_its_newest_checkpoint(run_copy, unlabeled_images):
+    (run_copy / "model.safetensors").unlink()
+    (run_copy / "metrics.jsonl").unlink()  # killed inside the first epoch: only the checkpoint knows anything
+    (run_copy / RECORD_FILE).unlink()
+    text, _ = check_page(build_report(run_copy, images=unlabeled_images, device="cpu"))
+    assert "stopped before the end" in text
+    assert re.search(r"the EMA teacher of step-\d+\.pt", text)
+    assert "7. Label-free estimate" in text
+
+
+def test_tensorboard_log_writes_every_scalar(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from must_cli.tensorboard_log import TensorBoardLog
+
+    log = TensorBoardLog(tmp_path / "tb")
+    log.write({"epoch": 1, "step": 3, "loss": 2.5, "kept": 0.4, "eval": {"teacher": {"top1": 0.75}}})
+    log.close()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert {"train/loss", "train/kept", "train/step", "eval/teacher_top1"} <= set(events.Tags()["scalars"])
+    assert events.Scalars("eval/teacher_top1")[0].value == pytest.approx(0.75)
+
+
+def test_tensorboard_missing_is_a_one_line_error(tmp_path, monkeypatch):
+    import sys
+
+    from must_cli.errors import MustError
+    from must_cli.tensorboard_log import TensorBoardLog
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import now raises ImportError
+    with pytest.raises(MustError, match=r"tensorboard is not installed: pip install tensorboard"):
+        TensorBoardLog(tmp_path / "tb")
+
+
+def test_sections_stay_compact_for_1000_classes(tmp_path):
+    """Many classes: per-class figures switch form, matrices keep to the top classes, tables to the top rows."""
+    import time
+
+    import numpy as np
+
+    from must_cli.estimate import ViewPredictions
+    from must_cli.report import accuracy, flips, pseudo_labels
+    from must_cli.report_data import Labeled, ReportData, RunFolder
+
+    k, n = 1000, 2000
+    rng = np.random.default_rng(0)
+
+    def preds(labels: np.ndarray) -> ViewPredictions:
+        return ViewPredictions(labels, rng.uniform(0.2, 1.0, n).astype(np.float32), np.stack([labels, labels], 1))
+
+    zs = rng.integers(0, k, n)
+    ad = np.where(rng.uniform(size=n) < 0.3, rng.integers(0, k, n), zs)
+    run = RunFolder(tmp_path, [], {"threshold": 0.7}, [f"class {i}" for i in range(k)], [], {})
+    d = ReportData(run, "test", tmp_path, [tmp_path / f"{i}.jpg" for i in range(n)], n, preds(zs), preds(ad))
+    d.labeled = Labeled(tmp_path, zs, preds(zs), preds(ad))
+    start = time.perf_counter()
+    html = pseudo_labels(d) + flips(d) + accuracy(d)
+    assert time.perf_counter() - start < 30
+    assert html.count("<tr>") <= 3 * 13 + 3  # top-N tables, not one row per class or pair
+    assert len(html) < 2_000_000
+    assert "the 20 classes most involved in changes" in html
+
+
+def test_adapt_writes_the_report_and_its_record(adapted_run, unlabeled_images):
+    record = json.loads((adapted_run / RECORD_FILE).read_text())
+    assert record["status"] == "finished" and record["images_used"] == 24 and record["images_skipped"] == 0
+    assert read_run(adapted_run).record["images"] == str(unlabeled_images.resolve())  # from config.toml
+    text, _ = check_page(adapted_run / "report.html")
+    assert sections(text) == [s for s in SECTIONS if not s.startswith("6.")]
+
+
+def test_adapt_with_eval_dir_and_tensorboard(tmp_path, tiny_spec, classes_file, unlabeled_images, labeled_images):
+    pytest.importorskip("tensorboard")
+    out, tb = tmp_path / "run", tmp_path / "tb"
+    r = CliRunner().invoke(app, [
+        "adapt", str(unlabeled_images), "--classes", str(classes_file), "--model", tiny_spec, "--epochs", "2",
+        "--batch-size", "8", "--workers", "0", "--output", str(out), "--no-guard", "--device", "cpu",
+        "--eval-dir", str(labeled_images), "--tensorboard", str(tb)])
+    assert r.exit_code == 0, r.output
+    text, _ = check_page(out / "report.html")
+    assert sections(text) == list(SECTIONS)
+    final = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]["eval"]["teacher"]
+    assert measured(text, "adapted accuracy (%)") == f"{100 * final['top1']:.1f}"  # same model, same folder
+    assert list(tb.glob("events.out.tfevents.*"))
+
+
+def test_a_run_stopped_by_sigterm_still_writes_its_report(tmp_path, tiny_spec, classes_file, unlabeled_images):
+    out = tmp_path / "run"
+    argv = ["adapt", str(unlabeled_images), "--classes", str(classes_file), "--model", tiny_spec, "--epochs", "6",
+            "--batch-size", "4", "--workers", "0", "--save-every", "2", "--device", "cpu", "--no-guard",
+            "--output", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "must_cli", *argv], text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 180
+    while not list(out.glob("checkpoints/step-*.pt")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "stopped by SIGTERM" in err, err
+    assert not (out / "model.safetensors").exists()
+    assert json.loads((out / RECORD_FILE).read_text())["status"].startswith("ended early: stopped by SIGTERM")
+    text, _ = check_page(out / "report.html")
+    assert "ended early: stopped by SIGTERM" in text and "7. Label-free estimate" in text
