@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import random
+import tempfile
 import time
 from pathlib import Path
 
@@ -194,8 +195,7 @@ def build(args: argparse.Namespace, device: torch.device) -> tuple[open_clip.CLI
     captioned slice), with --init's image tower; the class vectors start from --init's own zero-shot
     head (its image space) when there is one, else random."""
     MODEL_CFG["text_cfg"]["context_length"] = args.context_length
-    scratch = args.out.parent / f".{args.out.name}-config"
-    scratch.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="standin-config-"))  # weights-less: open_clip builds it random
     (scratch / "open_clip_config.json").write_text(json.dumps({"model_cfg": MODEL_CFG,
                                                                "preprocess_cfg": PREPROCESS_CFG}))
     model = open_clip.create_model(f"local-dir:{scratch}").to(device)
