@@ -21,7 +21,7 @@ from safetensors import safe_open
 from must_cli import __version__
 from must_cli.errors import MustError
 from must_cli.model import MustModel, Preprocess, build_visual
-from must_cli.runs import MODEL_FILE, checkpoint_path, prune_checkpoints
+from must_cli.runs import MODEL_FILE, checkpoint_path, existing_model_file, prune_checkpoints
 
 MODEL_FORMAT = "must-cli/1"
 
@@ -134,10 +134,7 @@ def _check_metadata(path: Path, meta: dict[str, Any]) -> None:
 
 def read_metadata(path: Path) -> dict[str, Any]:
     """The model file's header, JSON values decoded; one-line errors for anything that is not ours."""
-    if path.is_dir():
-        path = path / MODEL_FILE
-    if not path.is_file():
-        raise MustError(f"{path}: no model file here: run `must adapt` first or pass --model PATH")
+    path = existing_model_file(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}

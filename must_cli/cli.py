@@ -17,7 +17,7 @@ from must_cli.config import AUTO_DEVICE, AUTO_WORKERS, INFERENCE_BATCH, MustConf
 from must_cli.errors import MustError
 from must_cli.progress import Reporter, images_bar
 from must_cli.record import inputs_from_flags
-from must_cli.runs import LATEST_RUN, RUNS_DIR, plan_run
+from must_cli.runs import LATEST_RUN, RUNS_DIR, check_inputs_cheaply, model_path, plan_run
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -209,7 +209,7 @@ def eval_(
 ) -> None:
     """Measure accuracy on labeled images: top-1, mean per class, per-class recall, most confused pairs."""
     import json
-
+    check_inputs_cheaply(images, model, adapted=not zero_shot)
     from must_cli.checkpoint import atomic_write_text
     from must_cli.evaluate import EvalRequest, run_eval
 
@@ -280,6 +280,7 @@ def predict(
     """Label a folder of images with an adapted model; optionally write CSV/JSONL or sort into class folders."""
     from rich.table import Table
 
+    check_inputs_cheaply(images, model, adapted=not zero_shot)
     from must_cli.images import display_name
     from must_cli.predict import PredictRequest, run_predict
 
@@ -318,9 +319,8 @@ def export(
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare with PyTorch on random inputs (batch 1 and 3)."),
 ) -> None:
     """Export image tower + classifier as one ONNX or TorchScript graph (pixel_values -> logits, probabilities)."""
+    check_inputs_cheaply(None, model)
     from must_cli.export import run_export
-    from must_cli.runs import model_path
-
     r = run_export(model_path(model), format, output, opset, fp16, verify)
     check = (f"max |probability difference| vs PyTorch fp32 {r.max_diff:.1e} (tolerance {r.tolerance:g})"
              if r.max_diff is not None else "not verified (--no-verify)")

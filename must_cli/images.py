@@ -54,6 +54,12 @@ def display_name(path: Path | str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
+def require_folder(root: Path) -> None:
+    """One-line error for an IMAGES argument that is not a folder (cheap: runs before torch loads)."""
+    if not root.is_dir():
+        raise MustError(f"{display_name(root)} is not a folder: pass a folder of images")
+
+
 def discover_images(root: Path, warn: Callable[[str], None] = _ignore, exclude: Path | None = None) -> list[Path]:
     """Every image file under `root`, sorted by relative path so runs are reproducible.
 
@@ -62,8 +68,7 @@ def discover_images(root: Path, warn: Callable[[str], None] = _ignore, exclude: 
     skipped; an unreadable folder costs one `warn` line instead of the whole run. The folder
     `exclude` (and what is under it) is never entered.
     """
-    if not root.is_dir():
-        raise MustError(f"{display_name(root)} is not a folder: pass a folder of images")
+    require_folder(root)
     found: list[Path] = []
     visited: set[str] = {os.path.realpath(exclude)} if exclude is not None else set()
     pending = [root]

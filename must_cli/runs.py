@@ -36,6 +36,24 @@ def model_path(model: str | None) -> Path:
     return Path(model) if model else LATEST_RUN
 
 
+def existing_model_file(path: Path) -> Path:
+    """The model file behind a run folder or file path; checked before anything heavy is imported."""
+    file = path / MODEL_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise MustError(f"{file}: no model file here: run `must adapt` first or pass --model PATH")
+    return file
+
+
+def check_inputs_cheaply(images: Path | None, model: str | None, adapted: bool = True) -> None:
+    """Fail on a missing IMAGES folder or model file in a blink, before torch is imported."""
+    from must_cli.images import require_folder
+
+    if images is not None:
+        require_folder(images)
+    if adapted:
+        existing_model_file(model_path(model))
+
+
 def checkpoints_of(run: Path) -> Path:
     return run / CHECKPOINTS
 

@@ -110,6 +110,10 @@ def test_bad_arguments_fail_before_torch_is_imported(tmp_path, classes_file, unl
         (["adapt", str(unlabeled_images)], "missing --classes"),
         (["adapt", str(unlabeled_images), "--classes", str(classes_file), "--epochs", "0"], "epochs"),
         (["adapt", "--resume", str(tmp_path)], "no record of this run"),
+        (["predict", str(tmp_path / "missing")], "missing", "is not a folder"),
+        (["predict", str(unlabeled_images), "--model", str(tmp_path / "gone")], "gone", "no model file"),
+        (["eval", str(unlabeled_images)], "latest", "no model file"),
+        (["export", "--format", "onnx", "--model", str(tmp_path)], "model.safetensors", "no model file"),
     ]
     for args, *needles in cases:
         proc, _ = run_must(args, tmp_path, **env)

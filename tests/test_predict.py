@@ -97,8 +97,8 @@ def test_small_sets_print_a_table_of_every_prediction(adapted_run, unlabeled_ima
         assert cells == [p.path, f"{p.labels[0]} {p.probabilities[0]:.3f}"], row
 
 
-def test_bad_output_extension_fails_before_any_work(tmp_path, unlabeled_images):
-    line = one_line_error(invoke(str(unlabeled_images), "--model", str(tmp_path / "nope"), "--output", str(tmp_path / "p.txt")))
+def test_bad_output_extension_fails_before_any_work(tmp_path, adapted_run, unlabeled_images):
+    line = one_line_error(invoke(str(unlabeled_images), "--model", str(adapted_run), "--output", str(tmp_path / "p.txt")))
     assert "'.txt'" in line and ".csv or .jsonl" in line
     assert not (tmp_path / "p.txt").exists()
 
