@@ -44,7 +44,7 @@ from typing import Sequence
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from corruptions import corrupt_folder  # noqa: E402  (sibling scripts, not a package)
-from proxy import POOL_SKIP, SEVERITY, link_labeled, materialize, model_inputs, must  # noqa: E402
+from proxy import SHARED_MODELS, SHARED_POOL_SKIP as POOL_SKIP, SEVERITY, link_labeled, materialize, model_inputs, must  # noqa: E402
 
 # Plain self-training at a high lr moves accuracy by points (up under shift, down in-domain), which the
 # sign target needs; the preset's MUST barely moves it (docs/benchmarks.md) and is run in-domain only.
@@ -99,7 +99,7 @@ def make_runs(args: argparse.Namespace) -> list[Run]:
         settings.append((f"shift:{c}", "shift", folder, SHIFT_VARIANTS))
     out = []
     for name, kind, labeled, variants in settings:
-        model, classes, templates = model_inputs(args.shared, args.work, kind)
+        model, classes, templates = model_inputs(args.work, kind, args.shared / "models" / SHARED_MODELS[kind])
         for variant, flags in variants.items():
             folder = runs / name.replace(":", "-") / variant
             if not (folder / "model.safetensors").exists():

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy import POOL_SKIP, link_flat, link_labeled, log, materialize, model_inputs, must  # noqa: E402
+from proxy import SHARED_MODELS, SHARED_POOL_SKIP as POOL_SKIP, link_flat, link_labeled, log, materialize, model_inputs, must  # noqa: E402
 
 from must_cli.checkpoint import atomic_write_text, read_metadata  # noqa: E402
 
@@ -228,7 +228,7 @@ def targets(rows: list[dict]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     start = time.time()
-    inp = model_inputs(args.shared, args.work, "indomain")
+    inp = model_inputs(args.work, "indomain", args.shared / "models" / SHARED_MODELS["indomain"])
     classes = Path(inp[1]).read_text().split("\n")[:-1]
     order = classes[:]
     random.Random(0).shuffle(order)  # which class is the head: fixed, not alphabetical

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy import POOL_SKIP, balanced_subset, link_flat, link_labeled, log, materialize, model_inputs, must  # noqa: E402
+from proxy import SHARED_MODELS, SHARED_POOL_SKIP as POOL_SKIP, balanced_subset, link_flat, link_labeled, log, materialize, model_inputs, must  # noqa: E402
 
 from must_cli.checkpoint import atomic_write_text  # noqa: E402
 
@@ -58,7 +58,7 @@ def evaluate(test: Path, out: Path, model_args: list[str], device: list[str], lo
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     start = time.time()
-    model, classes, templates = model_inputs(args.shared, args.work, "indomain")
+    model, classes, templates = model_inputs(args.work, "indomain", args.shared / "models" / SHARED_MODELS["indomain"])
     device = ["--device", args.device] if args.device else ["--device", "cpu", "--workers", "1"]
     n_classes = len(classes.read_text().split("\n")[:-1])
     large_per_class = args.large // n_classes
