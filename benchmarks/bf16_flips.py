@@ -64,7 +64,7 @@ def main() -> None:
     model, pre = build_must_model(f"local-dir:{args.shared / 'models' / 'cifar10-tinyclip'}", None, CLASSES,
                                   ["a photo of a {}."], torch.device("cpu"))
     model.eval()
-    paths = labeled_images(Path("/work/data/cifar10/test"), CLASSES, lambda m: None)[0]
+    paths = labeled_images(Path(__file__).resolve().parents[2] / "data" / "cifar10" / "test", CLASSES, lambda m: None)[0]
     paths = paths[:: max(1, len(paths) // args.images)][: args.images]
     view = eval_view(pre)
     images = torch.stack([view(load_rgb(p)) for p in paths])

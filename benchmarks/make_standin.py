@@ -217,7 +217,7 @@ def save(model: open_clip.CLIP, out: Path, info: dict) -> None:
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cifar", type=Path, default=Path("/work/data/cifar10"), help="folder with train/<class>/*.jpg")
+    p.add_argument("--cifar", type=Path, default=Path(__file__).resolve().parents[2] / "data" / "cifar10", help="folder with train/<class>/*.jpg")
     p.add_argument("--out", type=Path, required=True, help="output model folder")
     p.add_argument("--init", help="local-dir:PATH of a CLIP whose image tower (this architecture) to start from")
     p.add_argument("--image-files", type=file_range, default=(0, 2500), help="labeled slice for the image tower")

@@ -103,7 +103,7 @@ def agreement(model: open_clip.CLIP, head: torch.Tensor, images: np.ndarray, cfg
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", type=Path)
-    p.add_argument("--cifar", type=Path, default=Path("/work/data/cifar10"))
+    p.add_argument("--cifar", type=Path, default=Path(__file__).resolve().parents[2] / "data" / "cifar10")
     p.add_argument("--test-per-class", type=int, default=200)
     p.add_argument("--probe-per-class", type=int, default=300)
     p.add_argument("--threads", type=int, default=2)
