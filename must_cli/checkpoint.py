@@ -157,8 +157,7 @@ def read_metadata(path: Path) -> dict[str, Any]:
 
 def load_model(path: Path) -> tuple[MustModel, dict[str, Any]]:
     """Rebuild the adapted classifier from its file alone (no network, no text tower)."""
-    if path.is_dir():
-        path = path / MODEL_FILE
+    path = existing_model_file(path)
     meta = read_metadata(path)
     try:
         visual = build_visual(meta["vision_config"])

@@ -25,7 +25,7 @@ from must_cli.estimate import Estimate, ViewPredictions, estimate_accuracy, esti
 from must_cli.evaluate import labeled_images
 from must_cli.images import discover_images
 from must_cli.model import MustModel, Preprocess, build_must_model
-from must_cli.runs import list_checkpoints
+from must_cli.runs import METRICS_FILE, list_checkpoints
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -63,7 +63,7 @@ def write_record(run: Path, record: dict[str, Any]) -> None:
 def read_run(root: Path) -> RunFolder:
     """Read a run folder; a folder that holds no run is a one-line error."""
     ckpts = list_checkpoints(root / "checkpoints")
-    has_model, has_metrics = (root / MODEL_FILE).is_file(), (root / "metrics.jsonl").is_file()
+    has_model, has_metrics = (root / MODEL_FILE).is_file(), (root / METRICS_FILE).is_file()
     if not root.is_dir() or not (has_model or ckpts):
         raise MustError(f"{root} is not a run folder (no {MODEL_FILE} and no checkpoints/): "
                         "pass the folder that `must adapt --output` wrote")
@@ -71,7 +71,7 @@ def read_run(root: Path) -> RunFolder:
     if (root / "config.toml").is_file():  # its [meta] table names the run's inputs from the start
         meta = tomllib.loads((root / "config.toml").read_text(encoding="utf-8")).get("meta", {})
         record = {**{k: meta[k] for k in ("images", "eval_dir", "preset") if k in meta}, **record}
-    metrics = [json.loads(line) for line in (root / "metrics.jsonl").read_text().splitlines() if line.strip()] \
+    metrics = [json.loads(line) for line in (root / METRICS_FILE).read_text().splitlines() if line.strip()] \
         if has_metrics else []
     if has_model:
         meta = read_metadata(root / MODEL_FILE)

@@ -22,6 +22,7 @@ RUNS_DIR = Path("runs")  # where runs go without --output
 LATEST = "latest"  # RUNS_DIR/LATEST links to the newest finished run
 LATEST_RUN = RUNS_DIR / LATEST  # the model eval, predict and export use without --model
 CHECKPOINTS = "checkpoints"  # resumable checkpoints, inside the run folder
+METRICS_FILE = "metrics.jsonl"  # one JSON line per epoch, written by the trainer
 MODEL_FILE = "model.safetensors"  # the shipped model; its presence marks a finished run
 CONFIG_FILE = "config.toml"  # the run's settings and inputs, written when it starts
 LOCK_FILE = ".lock"  # flock-ed for the run's lifetime; the kernel releases it when the process dies
@@ -152,7 +153,7 @@ class RunFolder:
             refuse_to_clobber(plan)  # again, under the lock: another run may have finished meanwhile
             if plan.overwrite and plan.checkpoint is None:
                 shutil.rmtree(checkpoints_of(self.path), ignore_errors=True)
-                (self.path / "metrics.jsonl").unlink(missing_ok=True)
+                (self.path / METRICS_FILE).unlink(missing_ok=True)
         except BaseException:
             self.close()
             raise

@@ -32,11 +32,10 @@ from must_cli.priors import label_balance
 from must_cli.images import display_name
 from must_cli.model import MustModel
 from must_cli.progress import Reporter
-from must_cli.runs import check_fingerprint, checkpoints_of, list_checkpoints
+from must_cli.runs import METRICS_FILE, check_fingerprint, checkpoints_of, list_checkpoints
 from must_cli.runtime import Autocast
 from must_cli.views import EpochSampler
 
-METRICS_FILE = "metrics.jsonl"
 KEEP_WHILE_RUNNING = 2  # checkpoints kept mid-run, so one damaged after writing still leaves one to resume
 NONFINITE, IMAGES = METRIC_NAMES.index("nonfinite"), METRIC_NAMES.index("images")
 

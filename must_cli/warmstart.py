@@ -14,10 +14,11 @@ from typing import Sequence
 import torch
 from safetensors.torch import load_file
 
-from must_cli.checkpoint import MODEL_FILE, WARM_START_PREFIXES, read_metadata
+from must_cli.checkpoint import WARM_START_PREFIXES, read_metadata
 from must_cli.errors import MustError
 from must_cli.images import display_name
 from must_cli.model import MustModel, Preprocess, build_must_model
+from must_cli.runs import existing_model_file
 
 
 @dataclass
@@ -34,7 +35,7 @@ class WarmStart:
 def load_warm_start(run: Path, classnames: Sequence[str], templates: Sequence[str],
                     device: torch.device) -> WarmStart:
     """A fresh MustModel with the run's image tower (and [MSK]/decoder) and a text-built head for ``classnames``."""
-    path = run / MODEL_FILE if run.is_dir() else run
+    path = existing_model_file(run)
     meta = read_metadata(path)
     source = meta.get("source_model") or {}
     base, tag = source.get("model"), source.get("pretrained")
