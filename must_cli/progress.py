@@ -108,7 +108,10 @@ class Reporter:
         self.info(line)
 
     def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        t = Table(title=title)
+        # The title goes on its own line: as a Table title it wraps to the table's width, which
+        # splits a long model path over three lines above a narrow table.
+        self.console.print(escape(title), style="italic", soft_wrap=True, highlight=False)
+        t = Table()
         for c in columns:
             t.add_column(c)
         for r in rows:
