@@ -118,7 +118,7 @@ def train_image_tower(model: open_clip.CLIP, head: torch.Tensor, images: np.ndar
     y_all = torch.from_numpy(labels).to(device)
     order = torch.cat([torch.randperm(len(images), generator=gen) for _ in range(-(-total * args.batch_size // len(images)))])
     start, correct, seen = time.time(), 0, 0
-    for step in range(total):
+    for step in range(args.stop_after or total):  # --stop-after: the first steps of the same schedule
         idx = order[step * args.batch_size:(step + 1) * args.batch_size].numpy()
         x, y = augment(images[idx], rng, args.p_strong, device), y_all[idx]
         logits = 16 * F.normalize(model.encode_image(x), dim=-1) @ F.normalize(head, dim=-1).T
@@ -132,6 +132,9 @@ def train_image_tower(model: open_clip.CLIP, head: torch.Tensor, images: np.ndar
         if step % 10 == 0:
             print(f"image step {step}/{total} loss {loss.item():.3f} "
                   f"train acc {correct / seen:.3f} {time.time() - start:.0f}s", flush=True)
+            correct, seen = 0, 0
+        if args.save_every and (step + 1) % args.save_every == 0:  # a long CPU build can be inspected midway
+            save(model, args.out, {"stage": f"image tower step {step + 1}/{total} (text tower random)"})
     model.visual.eval().requires_grad_(False)
 
 
@@ -215,17 +218,19 @@ def save(model: open_clip.CLIP, out: Path, info: dict) -> None:
     save_file(state, str(out / "open_clip_model.safetensors"))
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cifar", type=Path, default=Path(__file__).resolve().parents[2] / "data" / "cifar10", help="folder with train/<class>/*.jpg")
     p.add_argument("--out", type=Path, required=True, help="output model folder")
     p.add_argument("--init", help="local-dir:PATH of a CLIP whose image tower (this architecture) to start from")
-    p.add_argument("--image-files", type=file_range, default=(0, 2500), help="labeled slice for the image tower")
-    p.add_argument("--caption-files", type=file_range, default=(0, 100), help="captioned slice for the text tower")
-    p.add_argument("--pool-files", type=file_range, default=(2500, 4500), help="recorded: the unseen unlabeled pool")
+    p.add_argument("--image-files", type=file_range, default=(0, 3500), help="labeled slice for the image tower")
+    p.add_argument("--caption-files", type=file_range, default=(0, 4), help="captioned slice for the text tower (4 per class: zero-shot CLIP ~ a 4-shot probe)")
+    p.add_argument("--pool-files", type=file_range, default=(3500, 4500), help="recorded: the unseen unlabeled pool")
     p.add_argument("--val-files", type=file_range, default=(4500, 5000), help="recorded: unseen validation files")
-    p.add_argument("--image-steps", type=int, default=80, help="optimiser steps, each batch new (0: keep --init's tower)")
-    p.add_argument("--image-lr", type=float, default=3e-4)
+    p.add_argument("--image-steps", type=int, default=3000, help="optimiser steps, each batch new (0: keep --init's tower)")
+    p.add_argument("--image-lr", type=float, default=1e-3)
+    p.add_argument("--stop-after", type=int, default=0, help="stop the image tower after N steps of its --image-steps schedule (0: all)")
+    p.add_argument("--save-every", type=int, default=0, help="also save the image tower every N steps (0: at the end)")
     p.add_argument("--p-strong", type=float, default=0.5, help="share of images through the strong view")
     p.add_argument("--text-steps", type=int, default=300)
     p.add_argument("--context-length", type=int, default=77, help="text tokens (captions are short; 77 is CLIP's)")
@@ -235,11 +240,19 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
-    return p.parse_args()
+    args = p.parse_args(argv)
+    seen = [("--caption-files", args.caption_files)] + ([("--image-files", args.image_files)] if args.image_steps else [])
+    for unseen in ("pool_files", "val_files"):
+        for flag, (start, end) in seen:
+            a, b = getattr(args, unseen)
+            if a < end and start < b:
+                p.error(f"--{unseen.replace('_', '-')} {a}:{b} overlaps {flag} {start}:{end}: "
+                        "the pool and validation files must never be seen")
+    return args
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
