@@ -139,3 +139,12 @@ def test_targets_not_measured_without_runs():
     assert {t["target"]: t["holds"] for t in targets}["in-domain: ZS < ST < ST+MIM <= MUST"] is None
     md = proxy.markdown(rows, targets, ["zero-shot", "must"], "test")
     assert "| setting | zero-shot | MUST |" in md and "not measured" in md
+
+
+def test_run_tag_follows_the_preset_values(monkeypatch):
+    args = proxy.parse_args(["--quick"])
+    before = proxy.run_tag(args)
+    assert proxy.run_tag(proxy.parse_args(["--quick"])) == before  # stable
+    assert proxy.run_tag(proxy.parse_args(["--quick", "--epochs", "3"])) != before
+    monkeypatch.setattr(proxy, "load_preset", lambda name: {"base_lr": 1.0, "epochs": 8})
+    assert proxy.run_tag(args) != before  # an edited preset gets a fresh runs folder
