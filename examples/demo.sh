@@ -18,7 +18,7 @@ mkdir -p "$out"
 echo "== 1. zero-shot accuracy of the stand-in CLIP (before) =="
 must eval examples/eval --zero-shot --model "$model" "${common[@]}" --output "$out/zero-shot.json"
 
-echo "== 2. adapt to the 500 unlabeled photos with MUST =="
+echo "== 2. adapt to the 1,000 unlabeled photos with MUST =="
 must adapt examples/photos "${common[@]}" --model "$model" --preset tiny-images --output "$out"
 
 echo "== 3. accuracy of the adapted model (after) =="

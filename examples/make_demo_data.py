@@ -26,8 +26,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cifar", type=Path, required=True, help="folder with train/ and test/ <class>/*.jpg")
     p.add_argument("--out", type=Path, required=True, help="normally examples/")
-    p.add_argument("--photos-per-class", type=int, default=50)
-    p.add_argument("--eval-per-class", type=int, default=50)
+    p.add_argument("--photos-per-class", type=int, default=100)
+    p.add_argument("--eval-per-class", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
     info = json.loads((MODEL / "open_clip_config.json").read_text())["proxy_info"]
