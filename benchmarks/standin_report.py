@@ -93,6 +93,7 @@ def agreement(model: open_clip.CLIP, head: torch.Tensor, images: np.ndarray, cfg
     """Share of images whose strong-view prediction equals the eval-view one."""
     view = strong_view(Preprocess(32, MEAN, STD), cfg)
     random.seed(0)
+    np.random.seed(0)  # timm's RandAugment draws magnitudes from numpy
     torch.manual_seed(0)
     strong = torch.stack([view(Image.fromarray(img)) for img in images])
     pre = features(model, images) @ head.T

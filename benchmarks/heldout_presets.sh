@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The tiny-images preset on stand-ins and a shift it was never chosen on: round 1's stand-ins
+# in <shared>/models (no headroom), files no other benchmark table uses. Zero-shot, the round-2
+# preset values (base_lr 5e-5, 4 epochs) and the current preset, seed 0, through the real CLI:
+#   cifar10-tinyclip       in-domain: adapt on train files [2000:2100) of each class (flat names;
+#                          it was pretrained on [0:500)), score on test files [200:300)
+#   cifar10-tinyclip-full  fog, severity 5, transductive on test files [200:300) of each class
+#   bash benchmarks/heldout_presets.sh [SHARED] [CIFAR] [WORK]
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+shared="$(realpath "${1:-$root/../shared}")"
+cifar="$(realpath "${2:-$root/../data/cifar10}")"
+work="$(realpath -m "${3:-$root/benchmarks/_work/heldout}")"
+mkdir -p "$work" && cd "$work"
+python - "$root/benchmarks" "$cifar" "$shared" <<'PY'
+import json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import proxy
+from corruptions import corrupt_folder
+cifar, shared = Path(sys.argv[2]), Path(sys.argv[3])
+pool = proxy.balanced_subset(cifar / "train", 1000, skip=2000)
+test = proxy.balanced_subset(cifar / "test", 1000, skip=200)
+proxy.materialize(Path("pool"), lambda d: proxy.link_flat(pool, d))
+proxy.materialize(Path("test"), lambda d: proxy.link_labeled(test, d))
+proxy.materialize(Path("fog"), lambda d: corrupt_folder(Path("test"), d, "fog", 5, seed=0))
+fog = sorted(p for p in Path("fog").glob("*/*") if p.is_file())
+proxy.materialize(Path("fog-flat"), lambda d: proxy.link_flat(fog, d))
+info = json.loads((shared / "models/cifar10-tinyclip/open_clip_config.json").read_text())["proxy_info"]
+Path("classes.txt").write_text("\n".join(info["classes"]) + "\n")
+Path("templates.txt").write_text("\n".join(info["templates"]) + "\n")
+PY
+common=(--classes classes.txt --templates templates.txt --device cpu --workers 1)
+for setting in tinyclip:pool:test tinyclip-full:fog-flat:fog; do
+    IFS=: read -r m pool test <<< "$setting"
+    model="local-dir:$shared/models/cifar10-$m"
+    must eval "$test" --zero-shot --model "$model" "${common[@]}" --output "res-$m-zs.json" > "log-$m-zs.txt" 2>&1
+    for preset in new:"" old:"--base-lr 5e-5 --epochs 4"; do
+        name="${preset%%:*}"; read -r -a flags <<< "${preset#*:}"
+        rm -rf "runs/$m-$name"
+        must adapt "$pool" "${common[@]}" --model "$model" --preset tiny-images "${flags[@]}" --seed 0 \
+            --output "runs/$m-$name" > "log-$m-$name.txt" 2>&1
+        must eval "$test" --model "runs/$m-$name" --output "res-$m-$name.json" --device cpu --workers 1 >> "log-$m-$name.txt" 2>&1
+    done
+done
+for m in tinyclip tinyclip-full; do
+    python -c "import json, sys; r = {k: 100 * json.load(open(f'res-$m-{k}.json'))['top1'] for k in ('zs', 'old', 'new')}; \
+print(f\"$m: zero-shot {r['zs']:.1f}, round-2 preset {r['old']:.1f} ({r['old'] - r['zs']:+.1f}), tiny-images {r['new']:.1f} ({r['new'] - r['zs']:+.1f})\")"
+done
