@@ -13,7 +13,7 @@ cifar="$(realpath "${2:-$root/../data/cifar10}")"
 work="$(realpath -m "${3:-$root/benchmarks/_work/heldout}")"
 mkdir -p "$work" && cd "$work"
 python - "$root/benchmarks" "$cifar" "$shared" <<'PY'
-import json, sys
+import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 import proxy
@@ -26,14 +26,13 @@ proxy.materialize(Path("test"), lambda d: proxy.link_labeled(test, d))
 proxy.materialize(Path("fog"), lambda d: corrupt_folder(Path("test"), d, "fog", 5, seed=0))
 fog = sorted(p for p in Path("fog").glob("*/*") if p.is_file())
 proxy.materialize(Path("fog-flat"), lambda d: proxy.link_flat(fog, d))
-info = json.loads((shared / "models/cifar10-tinyclip/open_clip_config.json").read_text())["proxy_info"]
-Path("classes.txt").write_text("\n".join(info["classes"]) + "\n")
-Path("templates.txt").write_text("\n".join(info["templates"]) + "\n")
+for m in ("tinyclip", "tinyclip-full"):  # prompts/cifar10-<m>/{classes,templates}.txt from its proxy_info
+    proxy.model_inputs(Path("."), "indomain", shared / "models" / f"cifar10-{m}")
 PY
-common=(--classes classes.txt --templates templates.txt --device cpu --workers 1)
 for setting in tinyclip:pool:test tinyclip-full:fog-flat:fog; do
     IFS=: read -r m pool test <<< "$setting"
     model="local-dir:$shared/models/cifar10-$m"
+    common=(--classes "prompts/cifar10-$m/classes.txt" --templates "prompts/cifar10-$m/templates.txt" --device cpu --workers 1)
     must eval "$test" --zero-shot --model "$model" "${common[@]}" --output "res-$m-zs.json" > "log-$m-zs.txt" 2>&1
     for preset in new:"" old:"--base-lr 5e-5 --epochs 4"; do
         name="${preset%%:*}"; read -r -a flags <<< "${preset#*:}"

@@ -427,14 +427,12 @@ def machine(args: argparse.Namespace) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.preset:
-        try:
-            load_preset(args.preset)
-        except MustError as e:
-            raise SystemExit(f"{e}\n(pass --preset '' and the flags with --adapt-args \"...\" instead)") from None
+    try:
+        tag = run_tag(args)  # reads the preset: an unknown one stops here, before any data is built
+    except MustError as e:
+        raise SystemExit(f"{e}\n(pass --preset '' and the flags with --adapt-args \"...\" instead)") from None
     start = time.time()
     inputs = prepare(args)
-    tag = run_tag(args)
     runs = args.work / "runs" / f"{args.size}-{tag}"
     log(f"runs and per-run results in {runs} (adapt flags: {shlex.join(hyper_args(args)) or 'defaults'})")
     records = []
