@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from typer.core import TyperCommand
 
 from must_cli import __version__
+from must_cli.cli_format import (
+    AdaptCommand, MustCommand, config_help, err_console, one_line_errors, session, show_adapt_summary,
+)
 from must_cli.config import AUTO_DEVICE, AUTO_WORKERS, INFERENCE_BATCH, MustConfig, preset_names
-from must_cli.errors import MustError
 from must_cli.progress import Reporter, images_bar
 from must_cli.record import inputs_from_flags
 from must_cli.runs import LATEST_RUN, RUNS_DIR, check_inputs_cheaply, model_path, plan_run
@@ -23,18 +22,6 @@ app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
     help="Adapt a pretrained CLIP to your own unlabeled images with MUST, then predict and export.",
 )
-err_console = Console(stderr=True)
-RESUME_OWN_RUN = ""  # the value of a bare --resume: continue the run in --output (or the newest run)
-
-
-@dataclass
-class Session:
-    """Options given before the command, for every command of this process."""
-
-    debug: bool = False  # keep tracebacks instead of one-line errors
-
-
-session = Session()
 
 
 def show_version(value: bool) -> None:
@@ -51,65 +38,6 @@ def main(
 ) -> None:
     """Adapt a pretrained CLIP to your own unlabeled images with MUST, then predict and export."""
     session.debug = debug
-
-
-def one_line_errors(fn: Callable) -> Callable:
-    """Turn MustError (and Ctrl-C) into one red line and exit code 1/130, unless --debug."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except MustError as e:
-            if session.debug:
-                raise
-            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            if session.debug:
-                raise
-            err_console.print("[bold red]interrupted[/]")
-            raise typer.Exit(130) from None
-
-    return wrapper
-
-
-def optional_resume(args: list[str]) -> list[str]:
-    """Spell a bare ``--resume`` (last, or followed by another option) as ``--resume=`` (RESUME_OWN_RUN).
-
-    Typer has no option with an optional value; this gives ``--resume`` and ``--resume PATH``
-    both meanings. A path that starts with '-' needs ``--resume=PATH``.
-    """
-    out = list(args)
-    for i, arg in enumerate(out):
-        if arg == "--":
-            break
-        if arg == "--resume" and (i + 1 == len(out) or out[i + 1].startswith("-")):
-            out[i] = f"--resume={RESUME_OWN_RUN}"
-    return out
-
-
-class MustCommand(TyperCommand):
-    """Usage lines as the docs write them: ``must eval [OPTIONS] IMAGES``, not ``{IMAGES}``."""
-
-    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
-        return [p[1:-1] if p.startswith("{") and p.endswith("}") else p for p in super().collect_usage_pieces(ctx)]
-
-
-class AdaptCommand(MustCommand):
-    """Lets ``--resume`` stand alone or take a path, and keeps the raw arguments for ``--gpus``."""
-
-    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
-        ctx.meta["must_args"] = list(args)
-        return super().parse_args(ctx, optional_resume(args))
-
-
-def config_help(field: str, what: str = "") -> str:
-    """A flag's help from MustConfig, the one owner of its meaning and default."""
-    info = MustConfig.model_fields[field]
-    default = info.default
-    shown = ("on" if default else "off") if isinstance(default, bool) else default
-    return f"{what or info.description}. [default: {shown}]"
 
 
 @app.command(cls=AdaptCommand, short_help="Adapt CLIP to unlabeled images; write a model.")
@@ -171,26 +99,6 @@ def adapt(
     request = AdaptRequest(inputs, output, resume is not None, resume_from, overwrite, tensorboard, init_from, bool(predict))
     result = run_adapt(request, cfg, Reporter(err_console))
     show_adapt_summary(result, inputs.eval_dir is not None)
-
-
-def show_adapt_summary(result: Any, with_eval: bool) -> None:
-    """The per-epoch table (accuracy columns only with --eval-dir) and where the model went, on stdout."""
-    columns = ["epoch", "loss", "kept", "balance", "agree"]
-    evals = ("zero_shot", "teacher", "student") if with_eval else ()
-    rows = []
-    for r in result.metrics:
-        ev = r.get("eval", {})
-        rows.append([r["epoch"], *(r.get(c, "") for c in columns[1:]),
-                     *(f"{ev[k]['top1']:.4f}" if k in ev else "" for k in evals)])
-    if result.skipped:
-        Reporter(err_console).warn(f"{result.skipped} unreadable file(s) were skipped (listed above)")
-    out = Reporter(Console())
-    out.table("must adapt", columns + [f"{k.replace('_', '-')} top-1" for k in evals], rows)
-    out.info(f"model written to {result.model_file}" + (" (zero-shot kept by the guard)" if result.guard_note
-             else " (EMA teacher)") + (f"; predictions written to {result.predictions}" if result.predictions else ""))
-    if result.class_prior and result.class_prior["source"] != "uniform":
-        from must_cli.priors import describe  # torch is loaded by now: adapt ran
-        out.info(f"class prior {describe(result.class_prior)}")
 
 
 @app.command("eval", cls=MustCommand, short_help="Measure accuracy on a labeled folder.")
