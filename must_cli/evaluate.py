@@ -12,7 +12,7 @@ from must_cli.checkpoint import load_model, preprocess_of, read_metadata
 from must_cli.classnames import read_class_file
 from must_cli.config import AUTO_DEVICE, AUTO_WORKERS, INFERENCE_BATCH, MustConfig
 from must_cli.errors import MustError
-from must_cli.images import display_name, scan_images
+from must_cli.images import IMAGE_EXTENSIONS, display_name, scan_images
 from must_cli.inference import predict_labels
 from must_cli.model import MustModel, Preprocess, build_zero_shot
 from must_cli.runs import model_path
@@ -31,13 +31,13 @@ def labeled_images(root: Path, classnames: Sequence[str], warn: Callable[[str], 
     index = {normalize_name(c): i for i, c in enumerate(classnames)}
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     unknown = [display_name(f.name) for f in folders if normalize_name(f.name) not in index]
+    if len(unknown) == len(folders):  # nothing here is labeled: say what eval needs, and what it found
+        raise MustError(f"{root}: {not_labeled(root, unknown, classnames)}")
     if unknown:
         raise MustError(
             f"{root}: folder(s) {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''} match no class name: "
             "rename them to the names in the class list (case and '_' vs ' ' are ignored)"
         )
-    if not folders:
-        raise MustError(f"{root}: no class folders: put each class's images in a sub-folder named after the class")
     present = {normalize_name(f.name) for f in folders}
     missing = [c for c in classnames if normalize_name(c) not in present]
     if missing:
@@ -48,6 +48,18 @@ def labeled_images(root: Path, classnames: Sequence[str], warn: Callable[[str], 
     if not paths:
         raise MustError(f"{root}: no readable image in any class folder")
     return paths, [index[normalize_name(p.relative_to(root).parts[0])] for p in paths]
+
+
+def not_labeled(root: Path, unknown: list[str], classnames: Sequence[str]) -> str:
+    """Why a folder with no class sub-folder cannot be evaluated: the layout eval needs, and what is there."""
+    loose = sum(1 for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    names = ", ".join(classnames[:3]) + (", ..." if len(classnames) > 3 else "")
+    shown = ", ".join(unknown[:3]) + (", ..." if len(unknown) > 3 else "")
+    folders = (f"{len(unknown)} sub-folder{'s' if len(unknown) > 1 else ''} ({shown}) that "
+               f"name{'' if len(unknown) > 1 else 's'} no class" if unknown else "no sub-folder")
+    return (f"eval needs labeled images: one sub-folder per class, named like the classes ({names}); found "
+            f"{loose} image(s) directly in it and {folders}: sort a sample into class folders, or label "
+            "unlabeled photos with `must predict`")
 
 
 def accuracy_report(preds: torch.Tensor, labels: torch.Tensor, classnames: Sequence[str], top_confusions: int = 5) -> dict:

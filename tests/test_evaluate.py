@@ -100,3 +100,20 @@ def test_cli_reports_mismatched_folders(adapted_run, tmp_path):
 def test_cli_classes_need_zero_shot(adapted_run, labeled_images, classes_file):
     result = invoke(str(labeled_images), "--model", str(adapted_run), "--classes", str(classes_file))
     assert result.exit_code == 1 and "--zero-shot" in result.output
+
+
+def test_an_unlabeled_folder_says_eval_needs_class_folders_and_what_it_found(tmp_path):
+    """Issue 21, item 9: `must eval ./photos` on unlabeled photos names the layout eval needs and what is there."""
+    make_color_images(tmp_path, per_class=2)  # 6 loose images
+    (tmp_path / "holiday").mkdir()
+    make_color_images(tmp_path / "holiday", per_class=1)
+    with pytest.raises(MustError) as e:
+        labeled_images(tmp_path, CLASSES, lambda m: None)
+    message = str(e.value)
+    assert "eval needs labeled images: one sub-folder per class, named like the classes (red, green, blue)" in message
+    assert "found 6 image(s) directly in it and 1 sub-folder (holiday) that names no class" in message
+    assert "`must predict`" in message
+    loose = tmp_path / "loose"
+    make_color_images(loose, per_class=1)
+    with pytest.raises(MustError, match=r"found 3 image\(s\) directly in it and no sub-folder"):
+        labeled_images(loose, CLASSES, lambda m: None)
