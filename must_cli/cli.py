@@ -150,7 +150,7 @@ def init(
 
     out = Console(highlight=False)
     survey = survey_images(images, lambda msg: err_console.print(f"[yellow]warning:[/] {escape(msg)}")) if images else None
-    written = init_project(directory, survey.preset if survey else None, force)
+    written = init_project(directory, survey, force)
     if survey:
         table = Table(title=f"images in {escape(display_name(survey.root))}", show_header=False)
         table.add_row("readable", f"{survey.readable:,}")

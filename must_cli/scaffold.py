@@ -7,6 +7,8 @@ says which preset fits the images. This module returns data; the cli layer print
 
 from __future__ import annotations
 
+import importlib.util
+import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -93,8 +95,38 @@ def survey_images(root: Path, warn: Callable[[str], None]) -> ImageSurvey:
     )
 
 
-def config_text(cfg: MustConfig, preset: str | None) -> str:
-    """must.toml: a header saying how to use it, then every key with its description."""
+def model_input_size(model: str) -> int | None:
+    """The input side of an open_clip model name, from the config open_clip ships (found, not imported)."""
+    spec = importlib.util.find_spec("open_clip")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        try:
+            return int(json.loads((Path(folder) / "model_configs" / f"{model}.json").read_text())["vision_cfg"]
+                       ["image_size"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def model_note(cfg: MustConfig, survey: ImageSurvey) -> str:
+    """Comment lines on whether the config's model suits the surveyed photos, and what to change if not."""
+    width, height = survey.median
+    side = model_input_size(cfg.model)
+    photos = f"median {width} x {height} px"
+    if side is None:
+        return f"# The model: check that {cfg.model}'s input size suits your photos ({photos}).\n"
+    if survey.preset != "tiny-images":
+        return (f"# The model: {cfg.model} takes {side}-px input: your photos ({photos}) are resized to it,\n"
+                "# as CLIP itself was trained.\n")
+    by_size, _ = suggest_preset(survey.readable)
+    return (f"# The model: your photos are small ({photos}) and {cfg.model} takes {side}-px input,\n"
+            f"# so each photo is upscaled about {side // max(min(width, height), 1)}x. The tiny-images values below were\n"
+            f"# tuned for a model whose input is {TINY_SIDE} px or less: to keep them, set model to a CLIP whose\n"
+            f"# input is {TINY_SIDE} px or less (e.g. local-dir:PATH). To keep {cfg.model}, adapt without this\n"
+            f"# file, with --preset {by_size} (the preset for {survey.readable:,} images at full size).\n")
+
+
+def config_text(cfg: MustConfig, preset: str | None, survey: ImageSurvey | None = None) -> str:
+    """must.toml: a header saying how to use it, a word on the model for the surveyed photos, then every key."""
     origin = (
         f"# Values: the '{preset}' preset (suggested by `must init --images`; see docs/presets.md),\n"
         "# written out in full so you can edit any of them.\n"
@@ -106,13 +138,14 @@ def config_text(cfg: MustConfig, preset: str | None) -> str:
         f"#   must adapt IMAGES --classes {CLASSES_NAME} --config {CONFIG_NAME}\n"
         + origin +
         "# Precedence: defaults < --preset < --config (this file) < command-line flags.\n"
-        "# Delete a line to fall back to its default; unknown keys are an error.\n\n"
+        "# Delete a line to fall back to its default; unknown keys are an error.\n"
+        + (model_note(cfg, survey) if survey else "") + "\n"
     )
-    return header + to_toml(cfg, comments=True)
+    return header + to_toml(cfg, comments=True).rstrip("\n") + "\n"
 
 
-def init_project(directory: Path, preset: str | None = None, force: bool = False) -> list[Path]:
-    """Write must.toml and classes.txt into `directory`, returning their paths.
+def init_project(directory: Path, survey: ImageSurvey | None = None, force: bool = False) -> list[Path]:
+    """Write must.toml (with the survey's preset, if any) and classes.txt into `directory`, returning their paths.
 
     Existing files are checked before anything is written, so a refusal leaves the
     folder exactly as it was.
@@ -124,10 +157,11 @@ def init_project(directory: Path, preset: str | None = None, force: bool = False
         for path in (config_path, classes_path):
             if path.exists():
                 raise MustError(f"{display_name(path)} already exists: pass --force to overwrite it")
+    preset = survey.preset if survey else None
     cfg = resolve_config(preset=preset)
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        config_path.write_text(config_text(cfg, preset), encoding="utf-8")
+        config_path.write_text(config_text(cfg, preset, survey), encoding="utf-8")
         classes_path.write_text(CLASSES_TEMPLATE, encoding="utf-8")
     except OSError as exc:
         raise MustError(f"cannot write into {display_name(directory)}: {exc.strerror or exc}") from None

@@ -78,3 +78,30 @@ def test_init_output_drives_adapt(tmp_path, tiny_spec, unlabeled_images):
     saved = resolve_config(config_file=out / "config.toml")
     assert saved == MustConfig(model=tiny_spec, epochs=1, batch_size=8, workers=0)
     assert (out / "model.safetensors").is_file()
+
+
+def test_init_for_32_px_photos_says_what_to_change_about_the_model(tmp_path):
+    """Issue 21, item 14: tiny-images values suit a low-resolution model; must.toml says so next to the model line."""
+    images = make_color_images(tmp_path / "imgs", per_class=4, size=32)
+    assert runner.invoke(app, ["init", str(tmp_path / "proj"), "--images", str(images)]).exit_code == 0
+    text = (tmp_path / "proj" / "must.toml").read_text()
+    assert text.endswith("\n") and not text.endswith("\n\n\n")
+    head = text[: text.index('model = "ViT-B-16"')]
+    note = " ".join(line.lstrip("# ") for line in head.splitlines() if line.startswith("#"))
+    assert "median 32 x 32 px" in note and "ViT-B-16 takes 224-px input" in note, note
+    assert "set model to a CLIP whose input is 64 px or less" in note, note
+    assert "small-dataset" in note, note  # the preset for these photos if the 224-px model stays
+
+
+def test_init_for_large_photos_says_why_the_model_fits(tmp_path):
+    images = make_color_images(tmp_path / "imgs", per_class=4, size=300)
+    assert runner.invoke(app, ["init", str(tmp_path / "proj"), "--images", str(images)]).exit_code == 0
+    text = (tmp_path / "proj" / "must.toml").read_text()
+    assert "ViT-B-16 takes 224-px input: your photos (median 300 x 300 px) are resized to it" in " ".join(
+        line.lstrip("# ") for line in text.splitlines() if line.startswith("#")), text
+    assert text.endswith("\n")
+
+
+def test_a_config_without_survey_ends_with_a_newline(tmp_path):
+    assert runner.invoke(app, ["init", str(tmp_path)]).exit_code == 0
+    assert (tmp_path / "must.toml").read_text().endswith("\n")
