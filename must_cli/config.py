@@ -69,6 +69,7 @@ class MustConfig(BaseModel):
     mask_ratio: float = Field(0.3, ge=0, lt=1, description="fraction of mask squares replaced by [MSK]")
     mask_patch_size: int = Field(32, ge=1, description="side of a mask square in pixels at 224-px input (rescaled for other sizes)")
     fair_running_classes: int = Field(512, ge=2, description="classes from which p_bar becomes a running average")
+    fair_ref_batch: int = Field(1024, ge=0, description="global batch the fairness mean is stated for (the paper's 16 x 64); a smaller batch averages p_bar over that many recent images (0: over each micro-batch)")
 
     # Augmentation (views.py). Paper: weak = Resize + RandomCrop; strong = RandomResizedCrop(0.3-1)
     # + flip + RandAugment. Low-resolution rule: inputs of at most low_res_max_size px replace the
