@@ -1,4 +1,8 @@
-"""A label-free estimate of a classifier's accuracy: agreement between differently augmented views.
+"""The label-free accuracy estimate the run report used to show (agreement between augmented views).
+
+Kept here, out of the package, so that benchmarks/estimator_check.py still reproduces the numbers
+that showed why the report dropped it: MUST trains the student to keep its label under crops and
+flips, so this agreement rises with training whether accuracy rises or falls (docs/method.md).
 
 Jiang et al. (ICLR 2022) showed that the rate at which two stochastic copies of a classifier
 disagree on unlabeled data tracks its test error; here the randomness is a random augmentation

@@ -1,4 +1,4 @@
-"""Does the label-free accuracy estimate (must_cli/estimate.py) tell a user whether adaptation helped?
+"""Does the label-free accuracy estimate (benchmarks/agreement_estimate.py, once must_cli/estimate.py) tell a user whether adaptation helped?
 
 For every adapted run it can find, this script compares the estimate with the truth on the
 images the run adapted on:
@@ -132,7 +132,7 @@ def measure(run: Run, sample: int) -> dict:
     import numpy as np
     import torch
 
-    from must_cli.estimate import estimate_accuracy, estimate_gain, predict_views
+    from agreement_estimate import estimate_accuracy, estimate_gain, predict_views
     from must_cli.evaluate import labeled_images
     from must_cli.report_data import evenly, load_models, read_run
 

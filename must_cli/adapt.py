@@ -22,9 +22,8 @@ from must_cli.config import MustConfig, to_toml
 from must_cli.distributed import Dist, decide_once, finish, init_distributed
 from must_cli.engine import param_groups
 from must_cli.evaluate import LabeledSet, labeled_images
-from must_cli.guard import guard, guard_sample
+from must_cli.guard import guard, guard_sample, sample_labels
 from must_cli.images import scan_images
-from must_cli.inference import predict_labels
 from must_cli.masking import MaskGenerator, resolve_mask_patch_size
 from must_cli.model import MustModel, Preprocess, build_must_model, vision_config
 from must_cli.priors import as_metadata, resolve_prior, zero_shot_probs
@@ -34,9 +33,10 @@ from must_cli.record import RunInputs, absolute_model, record_text
 from must_cli.runs import (
     CONFIG_FILE, MODEL_FILE, RunFolder, checkpoints_of, plan_run, point_latest, prune_checkpoints, run_fingerprint,
 )
-from must_cli.runtime import autocast_for, compile_for_training, default_workers, pick_device
+from must_cli.runtime import adamw, autocast_for, compile_for_training, default_workers, pick_device, thread_budget
 from must_cli.tensorboard_log import TensorBoardLog, TensorBoardReporter
 from must_cli.trainer import BatchPlan, Nets, Trainer
+from must_cli.verify_data import ModelLabels, save_both
 from must_cli.views import EpochSampler, TrainViews
 from must_cli.warmstart import load_warm_start
 
@@ -139,12 +139,14 @@ def train_and_ship(setup: Setup, out: Path, resume_from: Path | None) -> AdaptRe
     masks = mask_generator(cfg, setup.model, preprocess, reporter)
     warn_once = reporter.warn if dist.is_main else (lambda message: None)
     plan = BatchPlan.for_images(len(setup.paths), dist.world, cfg, warn_once, setup.images)
-    workers, autocast = default_workers(cfg.workers), autocast_for(device, cfg.precision)
+    workers, autocast = default_workers(cfg.workers, device), autocast_for(device, cfg.precision)
+    threads = thread_budget(workers)  # once, before the run's first torch work
     pool = guard_sample(setup.paths)
     prior = decide_once(dist.is_main, lambda: resolve_prior(cfg.class_prior, setup.classnames, lambda: zero_shot_probs(
         setup.model, pool, preprocess, device, workers, autocast)))
-    zero_shot = copy.deepcopy(setup.model).eval() if cfg.guard or setup.labeled else None
+    zero_shot = copy.deepcopy(setup.model).eval()  # its labels give the changed set that `must verify` checks
     nets = build_nets(setup.model, cfg, dist, device)
+    nets.runtime.update(workers=workers, torch_threads=threads)
     eval_set = (LabeledSet(*setup.labeled, setup.classnames, preprocess, device, autocast, workers)
                 if setup.labeled else None)
     fingerprint = run_fingerprint(cfg, setup.classnames, setup.templates,
@@ -166,24 +168,26 @@ def train_and_ship(setup: Setup, out: Path, resume_from: Path | None) -> AdaptRe
                   f"{dist.world} process(es) x batch {plan.per_process} x accum {cfg.accum_steps} = "
                   f"{plan.global_batch}, lr {trainer.peak_lr:.2e}, {plan.total_steps} steps on {device}, output {out}")
 
-    def predict(model: MustModel) -> torch.Tensor:
-        return predict_labels(model, pool, preprocess, device, workers=workers, autocast=autocast)
+    def predict(model: MustModel) -> ModelLabels:
+        return sample_labels(model, pool, preprocess, device, workers, autocast)
 
-    zero_shot_preds = predict(zero_shot) if cfg.guard and dist.is_main else None
+    zero_shot_labels = predict(zero_shot) if dist.is_main else None
     trainer.evaluate_zero_shot(zero_shot)
     record = {"images_used": len(setup.paths), "images_skipped": setup.skipped, "must_cli_version": __version__,
-              "device": f"{device} x {dist.world} process(es)"}  # for the report: what only this process knows
+              "device": f"{device} x {dist.world} process(es)", "runtime": nets.runtime}  # what only this process knows
     with reported_when_done(out, record, dist.is_main, str(device), workers, reporter.warn, zero_shot):
         metrics = trainer.run()
-        final, note = nets.teacher, None
-        if cfg.guard and dist.is_main:
-            verdict = guard(nets.teacher, zero_shot, zero_shot_preds, predict, cfg.guard_min_balance, prior)
-            final, note = verdict.model, verdict.note
+        note = None
+        if dist.is_main:
+            adapted_labels = predict(nets.teacher)
+            save_both(out, setup.images, pool, zero_shot_labels, adapted_labels, len(setup.paths))
+            note = guard(adapted_labels, zero_shot_labels, len(setup.classnames), cfg.guard_min_balance,
+                         prior) if cfg.guard else None
             if note:
                 reporter.warn(note)
         prior_meta = as_metadata(cfg.class_prior, prior, setup.classnames)
         if dist.is_main:
-            ship(out, final, setup, note, prior_meta)
+            ship(out, zero_shot if note else nets.teacher, setup, note, prior_meta)
     finish(device)
     return AdaptResult(out, out / MODEL_FILE, metrics, setup.skipped, note, prior_meta)
 
@@ -236,7 +240,7 @@ def mask_generator(cfg: MustConfig, model: MustModel, preprocess: Preprocess,
 
 
 def build_nets(model: MustModel, cfg: MustConfig, dist: Dist, device: torch.device) -> Nets:
-    """Student (DDP across processes), EMA teacher, AdamW over layer-decayed groups, compiled on CUDA."""
+    """Student (DDP across processes), EMA teacher, AdamW over layer-decayed groups, compiled as cfg.compile says."""
     teacher = copy.deepcopy(model).to(device).eval().requires_grad_(False)
     model.to(device)
     model.visual.set_grad_checkpointing(cfg.grad_checkpointing)  # student only: the teacher keeps no activations
@@ -244,12 +248,12 @@ def build_nets(model: MustModel, cfg: MustConfig, dist: Dist, device: torch.devi
     if dist.world > 1:
         student = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW(  # lr is set per step by the schedule
-        param_groups(model, cfg.weight_decay, cfg.layer_decay), betas=(cfg.adam_beta1, cfg.adam_beta2),
-        **({"fused": True} if device.type == "cuda" else {}),
-    )
+    optimizer, kind = adamw(param_groups(model, cfg.weight_decay, cfg.layer_decay), device,
+                            (cfg.adam_beta1, cfg.adam_beta2))
     train_student, train_teacher = compile_for_training(student, teacher, device, cfg.compile)
-    return Nets(model, teacher, optimizer, train_student, train_teacher)
+    nets = Nets(model, teacher, optimizer, train_student, train_teacher, {"adamw": kind, "precision": cfg.precision})
+    nets.runtime["compile"] = "on" if nets.compiled else "off"
+    return nets
 
 
 def ship(out: Path, final: MustModel, setup: Setup, guard_note: str | None, class_prior: dict) -> None:

@@ -1,19 +1,25 @@
-"""The label-free safety net: if self-training collapsed onto a few classes, ship zero-shot instead.
+"""The label-free safety net, and both models' labels on the run's images.
 
-No labels are needed: a collapsed model predicts far fewer classes than zero-shot CLIP did on
-the same images, which shows as a drop in the entropy of its prediction histogram.
+A collapsed model predicts far fewer classes than zero-shot CLIP did on the same images, which
+shows as a drop in the entropy of its prediction histogram: then zero-shot is shipped instead.
+The labels the guard compares are saved (verify_data.save_both), since they also give the set of
+images whose label changed, which `must verify` and the report need.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
-from must_cli.model import MustModel
+from must_cli.config import INFERENCE_BATCH
+from must_cli.inference import iter_probs
+from must_cli.model import MustModel, Preprocess
 from must_cli.priors import label_balance
+from must_cli.runtime import Autocast
+from must_cli.verify_data import ModelLabels
 
 GUARD_SAMPLE = 2000  # pool images the guard looks at: enough for a stable histogram, cheap to predict
 
@@ -23,31 +29,34 @@ def guard_sample(paths: Sequence[Path]) -> list[Path]:
     return list(paths[:: max(1, len(paths) // GUARD_SAMPLE)])
 
 
-def prediction_balance(preds: torch.Tensor, num_classes: int, prior: torch.Tensor | None = None) -> float:
+def sample_labels(model: MustModel, paths: Sequence[Path], pre: Preprocess, device: torch.device,
+                  workers: int = 0, autocast: Autocast = contextlib.nullcontext,
+                  batch_size: int = INFERENCE_BATCH) -> ModelLabels:
+    """Top-1 class (-1: undecodable) and its probability per image; leaves the model's train/eval mode as it was."""
+    was_training = model.training
+    labels, confidence = [-1] * len(paths), [0.0] * len(paths)
+    for idx, probs, ok in iter_probs(model, paths, pre, device, batch_size, workers, autocast):
+        conf, top = probs.max(dim=1)
+        for i, good, c, t in zip(idx.tolist(), ok.tolist(), conf.tolist(), top.tolist()):
+            if good:
+                labels[i], confidence[i] = t, round(c, 4)
+    model.train(was_training)
+    return ModelLabels(labels, confidence)
+
+
+def prediction_balance(labels: Sequence[int], num_classes: int, prior: torch.Tensor | None = None) -> float:
     """label_balance (against the class prior) of top-1 predictions, leaving out undecodable images (-1)."""
+    preds = torch.as_tensor(list(labels), dtype=torch.long)
     return label_balance(torch.bincount(preds[preds >= 0], minlength=num_classes), prior)
 
 
-@dataclass(frozen=True)
-class GuardVerdict:
-    """Which model to ship, and why (``note`` is None when the adapted model is kept)."""
-
-    model: MustModel
-    note: str | None
-
-
-def guard(adapted: MustModel, zero_shot: MustModel, zero_shot_preds: torch.Tensor,
-          predict: Callable[[MustModel], torch.Tensor], min_balance: float,
-          prior: torch.Tensor | None = None) -> GuardVerdict:
-    """Keep ``zero_shot`` when the adapted model's prediction balance fell below ``min_balance`` x zero-shot's.
-
-    ``predict(model)`` gives top-1 labels on the same images ``zero_shot_preds`` came from.
-    """
-    k = adapted.num_classes
-    before = prediction_balance(zero_shot_preds, k, prior)
-    after = prediction_balance(predict(adapted), k, prior)
+def guard(adapted: ModelLabels, zero_shot: ModelLabels, num_classes: int, min_balance: float,
+          prior: torch.Tensor | None = None) -> str | None:
+    """Why zero-shot must be shipped (the adapted model's prediction balance fell below ``min_balance`` x
+    zero-shot's on the same images), or None to ship the adapted model."""
+    before = prediction_balance(zero_shot.labels, num_classes, prior)
+    after = prediction_balance(adapted.labels, num_classes, prior)
     if after < min_balance * before:
-        return GuardVerdict(zero_shot, f"adapted model collapsed (prediction balance {after:.2f} vs {before:.2f} "
-                                       "zero-shot): kept the zero-shot model; try a lower --lr or a preset with a "
-                                       "lower threshold")
-    return GuardVerdict(adapted, None)
+        return (f"adapted model collapsed (prediction balance {after:.2f} vs {before:.2f} zero-shot): kept the "
+                "zero-shot model; try a lower --lr or a preset with a lower threshold")
+    return None

@@ -1,4 +1,5 @@
-"""`report.html`: one self-contained page that shows what adaptation did to a run's labels, and whether it helped.
+"""`report.html`: one self-contained page that shows what adaptation did to a run's labels, and what is known
+about whether it helped: the share of changed labels (exact) and, once `must verify` has labels, the gain.
 
 Everything is inline (CSS, PNG plots, JPEG thumbnails as data URIs), so the file opens offline
 in any browser and prints. Numbers come from report_data.py, figures from report_plots.py.
@@ -20,11 +21,11 @@ import numpy as np
 from must_cli import __version__
 from must_cli.checkpoint import atomic_write_text
 from must_cli.config import MustConfig, load_preset
-from must_cli.estimate import Estimate
 from must_cli.images import ImageReadError, display_name, load_rgb
 from must_cli.model import MustModel
 from must_cli.runtime import pick_device
 from must_cli.report_data import ReportData, compute, read_run, write_record
+from must_cli.verify_stats import labels_for_margin
 from must_cli import report_plots as plots
 
 REPORT_FILE = "report.html"
@@ -53,8 +54,16 @@ def esc(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
-def section(title: str, how_to_read: str, body: str) -> str:
-    return f'<section><h2>{esc(title)}</h2><p class="read">{esc(how_to_read)}</p>{body}</section>'
+Section = tuple[str, str, str]  # title, how to read it, body (HTML); numbered when the page is put together
+
+
+def section(title: str, how_to_read: str, body: str) -> Section:
+    return title, how_to_read, body
+
+
+def render(number: int, part: Section) -> str:
+    title, how_to_read, body = part
+    return f'<section><h2>{number}. {esc(title)}</h2><p class="read">{esc(how_to_read)}</p>{body}</section>'
 
 
 def table(headers: Sequence[str] | None, rows: Sequence[Sequence[object]]) -> str:
@@ -96,10 +105,17 @@ def pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def labeled_by_both(d: ReportData) -> str:
+    """The one sample count every section uses: images both models labeled, and the folder they came from."""
+    n = int((d.zero_shot.valid() & d.adapted.valid()).sum())
+    return f"the {n:,} images both models labeled" + (f" (an even sample of the {d.found:,} in the folder)"
+                                                      if d.found > len(d.paths) else "")
+
+
 # ---------------------------------------------------------------- sections
 
 
-def summary(d: ReportData) -> str:
+def summary(d: ReportData) -> Section:
     run, cfg, rec = d.run, d.run.config, d.run.record
     preset = rec.get("preset")
     base = MustConfig(**load_preset(preset)).model_dump() if preset else MustConfig().model_dump()
@@ -122,14 +138,14 @@ def summary(d: ReportData) -> str:
         ("device", rec.get("device", "unknown")),
         ("tool version", rec.get("must_cli_version") or run.meta.get("must_cli_version", "unknown")),
     ]
-    return section("1. Summary", "What was run, on which images and model, and how it ended.", table(None, rows))
+    return section("Summary", "What was run, on which images and model, and how it ended.", table(None, rows))
 
 
-def training(d: ReportData) -> str:
+def training(d: ReportData) -> Section:
     if not any("loss" in m for m in d.run.metrics):
-        return section("2. Training curves", "No epoch finished, so there is nothing to plot yet.", "")
+        return section("Training curves", "No epoch finished, so there is nothing to plot yet.", "")
     return section(
-        "2. Training curves",
+        "Training curves",
         "Losses should fall; kept = share of images confident enough to train on; balance = 1 when every class is "
         "predicted equally often (a fall towards 0 means collapse onto few classes); agree = how often student and "
         "teacher give the same label.",
@@ -149,26 +165,26 @@ def movers(start: np.ndarray, end: np.ndarray, names: Sequence[str], n: int = 3)
     return f"<p>Gained most: {esc(', '.join(gained) or 'none')}. Lost most: {esc(', '.join(lost) or 'none')}.</p>"
 
 
-def pseudo_labels(d: ReportData) -> str:
+def pseudo_labels(d: ReportData) -> Section:
     names, k, tau = d.run.classnames, len(d.run.classnames), d.run.config["threshold"]
     zs, ad = d.zero_shot, d.adapted
     start, end = counts(zs.labels, k, zs.confidence >= tau), counts(ad.labels, k, ad.confidence >= tau)
     body = img(plots.class_counts(start, end, names, "start (zero-shot)", "end (adapted)", "images"), "histogram")
     return section(
-        "3. Pseudo-labels at the start and at the end",
+        "Pseudo-labels at the start and at the end",
         f"Per class, the images labeled with confidence at least {tau} (the threshold for training), by the "
-        f"zero-shot model (start) and the adapted model (end), on {len(d.paths):,} sampled images; a class that "
+        f"zero-shot model (start) and the adapted model (end), on {labeled_by_both(d)}; a class that "
         "shrinks to nothing is a warning sign.",
         body + movers(start, end, names))
 
 
-def flips(d: ReportData) -> str:
+def flips(d: ReportData) -> Section:
     names, k = d.run.classnames, len(d.run.classnames)
     ok = d.zero_shot.valid() & d.adapted.valid()
     a, b = d.zero_shot.labels[ok], d.adapted.labels[ok]
     changed = a != b
     pairs = Counter(zip(a[changed].tolist(), b[changed].tolist()))
-    body = f"<p><b>{pct(changed.mean() if len(a) else 0)}</b> of {len(a):,} sampled images changed label.</p>"
+    body = f"<p><b>{pct(changed.mean() if len(a) else 0)}</b> of {esc(labeled_by_both(d))} changed label.</p>"
     if pairs:
         involved = Counter()
         for (i, j), n in pairs.items():
@@ -187,12 +203,12 @@ def flips(d: ReportData) -> str:
     body += img(plots.class_counts(counts(a, k), counts(b, k), names, "zero-shot", "adapted", "images"), "counts")
     scope = "" if k <= plots.MAX_MATRIX else f" (the {plots.MAX_MATRIX} classes most involved in changes)"
     return section(
-        "4. Zero-shot vs adapted labels on the adaptation images",
+        "Zero-shot vs adapted labels on the adaptation images",
         f"Each cell of the matrix{scope} counts images that moved from the row's label to the column's; "
         "unchanged images are left out. The bars below count all labels per class before and after.", body)
 
 
-def thumbnails(d: ReportData) -> str:
+def thumbnails(d: ReportData) -> Section:
     names, ad, zs = d.run.classnames, d.adapted, d.zero_shot
     per_class = Counter(ad.labels[ad.valid()].tolist())
     rows = []
@@ -206,13 +222,13 @@ def thumbnails(d: ReportData) -> str:
     items = [(d.paths[i], f"{names[zs.labels[i]]} → {names[ad.labels[i]]}") for i in sample]
     scope = "" if len(names) <= THUMB_CLASSES else f" (the {THUMB_CLASSES} most predicted of {len(names)} classes)"
     return section(
-        "5. Example images",
+        "Example images",
         f"Per class{scope}, the images the adapted model is most sure of (its confidence below each); then a "
-        "sample of images whose label changed, as zero-shot → adapted. If these look right, the run probably is.",
+        "sample of images whose label changed, as zero-shot → adapted. Whether the changes are right: the last section.",
         "".join(rows) + "<h3>Images whose label changed</h3>" + (figures(items) if items else "<p>None.</p>"))
 
 
-def accuracy(d: ReportData) -> str:
+def accuracy(d: ReportData) -> Section:
     lab, names, k = d.labeled, d.run.classnames, len(d.run.classnames)
     truth = lab.labels
     rows, recall = [], {}
@@ -235,37 +251,40 @@ def accuracy(d: ReportData) -> str:
            zip(*np.unravel_index(np.argsort(-off, axis=None, kind="stable")[:TOP_ROWS], off.shape)) if off[i, j]]
     body += "<h3>Most confused (adapted model)</h3>" + table(["true class", "predicted as", "images"], top)
     return section(
-        f"6. Accuracy on the labeled folder {display_name(lab.folder)}",
+        f"Accuracy on the labeled folder {display_name(lab.folder)}",
         f"Measured on {len(truth):,} labeled images: per class, grey is zero-shot and blue is adapted; in the "
         "matrix, each row is a true class and the diagonal holds the correct answers.", body)
 
 
-def estimate(d: ReportData) -> str:
-    est, lab = d.estimates, d.labeled
-
-    def fmt(e: Estimate, signed: bool = False) -> str:
-        s = "+" if signed else ""
-        return f"{100 * e.value:{s}.1f} ({100 * e.low:{s}.1f} to {100 * e.high:{s}.1f})"
-
-    measured: dict[str, str] = {}
-    if lab is not None:
-        acc = {n: float((p.labels[p.valid()] == lab.labels[p.valid()]).mean()) for n, p in
-               (("zero_shot", lab.zero_shot), ("adapted", lab.adapted))}
-        measured = {n: f"{100 * v:.1f}" for n, v in acc.items()}
-        measured["gain"] = f"{100 * (acc['adapted'] - acc['zero_shot']):+.1f}"
-    rows = [(label, fmt(est[key], key == "gain"), measured.get(key, "no --eval-dir"))
-            for key, label in (("zero_shot", "zero-shot accuracy (%)"), ("adapted", "adapted accuracy (%)"),
-                               ("gain", "gain (points)"))]
-    g = est["gain"]
-    verdict = ("adaptation probably helped" if g.low > 0 else "adaptation probably hurt" if g.high < 0
-               else "the estimate cannot tell whether adaptation helped (its interval includes 0)")
+def gain(d: ReportData) -> Section:
+    """What is known about the gain: the exact share of changed labels; the verified gain once labels exist."""
+    ok = d.zero_shot.valid() & d.adapted.valid()
+    n, changed = int(ok.sum()), int((ok & (d.zero_shot.labels != d.adapted.labels)).sum())
+    share = changed / n if n else 0.0
+    run = esc(display_name(d.run.root))
+    rows: list[tuple[str, str]] = [("labels changed by adaptation (exact)", f"{pct(share)} ({changed:,} of {n:,})")]
+    v = d.verified
+    if v is not None and v.gain is not None:
+        rows.append(("verified gain (points)", f"{100 * v.gain:+.1f} (90% interval {100 * v.low:+.1f} to "
+                                               f"{100 * v.high:+.1f})"))
+        rows.append(("labels behind it", f"{v.tally.labels:,} of {v.changed:,} changed images"
+                                         f" ({v.tally.skipped:,} skipped)"))
+        said = {"helped": "Verified: adaptation helped on these images (the whole 90% interval is above 0).",
+                "hurt": "Verified: adaptation lost accuracy on these images (the whole 90% interval is below 0). "
+                        f"Ship the zero-shot classifier instead with <code>must verify {run} --choose zero-shot</code>.",
+                "unknown": "Not known yet: the 90% interval still includes 0. Label more images with "
+                           f"<code>must verify {run}</code>."}[v.verdict]
+    else:
+        said = (f"Not verified: no labels yet. <code>must verify {run}</code> shows you changed images one at a time; "
+                f"about {labels_for_margin(share, changed)} answers give the gain to +-2 points."
+                if changed else "No label changed, so adaptation cannot have changed accuracy on these images.")
     return section(
-        "7. Label-free estimate: did adaptation help?",
-        "Estimated accuracy = how often a model keeps its label when the image is randomly cropped and flipped "
-        "(no labels needed); the range in brackets is a 90% bootstrap interval. It is a rough guide: "
-        "docs/method.md says how well it tracked the truth on the benchmarks.",
-        table(["", f"estimate on {d.estimates['gain'].images:,} adaptation images", "measured on the labeled folder"],
-              rows) + f"<p><b>Verdict:</b> {esc(verdict)}.</p>")
+        "Did adaptation help?",
+        "Two classifiers differ in accuracy only on the images whose label differs, so gain = share changed x "
+        "(share of those the adapted model gets right - share zero-shot gets right). The share changed needs no "
+        "labels; the rest needs a few dozen labeled changed images (docs/method.md). No label-free verdict is "
+        "given: a score that training itself raises cannot tell.",
+        table(None, rows) + f"<p>{said}</p>")
 
 
 # ---------------------------------------------------------------- assembly
@@ -285,15 +304,16 @@ def build_report(run_dir: Path, images: Path | None = None, eval_dir: Path | Non
         parts += [pseudo_labels(d), flips(d), thumbnails(d)]
     if d.labeled is not None:
         parts.append(accuracy(d))
-    if d.estimates:
-        parts.append(estimate(d))
-    note = "" if d.adapted is not None else ('<p class="note">The adaptation images were not found, so sections 3-5 '
-                                             "and 7 are left out: rebuild with <code>must report RUN --images DIR"
+    if d.adapted is not None:
+        parts.append(gain(d))
+    note = "" if d.adapted is not None else ('<p class="note">The adaptation images were not found, so what needs '
+                                             "them is left out: rebuild with <code>must report RUN --images DIR"
                                              "</code>.</p>")
     took = time.perf_counter() - start
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>must report: {esc(run.root.name)}'
             f"</title><style>{CSS}</style></head><body><h1>What adaptation did: {esc(run.root.name)}</h1>"
-            f"<p>The adapted model is {esc(d.which_adapted)}.</p>{note}{''.join(parts)}"
+            f"<p>The adapted model is {esc(d.which_adapted)}.</p>{note}"
+            f"{''.join(render(i, part) for i, part in enumerate(parts, start=1))}"
             f'<p class="read">Made by must-cli {esc(__version__)} in {took:.1f} s.</p></body></html>\n')
     out = run_dir / REPORT_FILE
     atomic_write_text(out, page)

@@ -3,8 +3,9 @@
 A run folder always holds ``metrics.jsonl`` and/or checkpoints, and ``model.safetensors`` once
 it finished; ``config.toml``'s [meta] names the image and labeled folders. ``run-record.json``
 (written by `must adapt` when the run ends, however it ends) adds the few facts the folder
-cannot give back: images used and skipped, the device and the outcome. Everything else is
-recomputed here, so `must report` also works for older runs (pass --images / --eval-dir then).
+cannot give back: images used and skipped, the device and the outcome. Both models' labels on
+the run's images come from ``predictions-both.json`` (written by adapt); for older runs they are
+predicted here once and saved, so `must report` also works for them (pass --images / --eval-dir then).
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ import torch
 from must_cli.checkpoint import MODEL_FILE, atomic_write_text, load_checkpoint, load_model, preprocess_of, read_metadata
 from must_cli.config import MustConfig
 from must_cli.errors import MustError
-from must_cli.estimate import Estimate, ViewPredictions, estimate_accuracy, estimate_gain, predict_views
 from must_cli.evaluate import labeled_images
+from must_cli.guard import guard_sample, sample_labels
 from must_cli.images import discover_images
 from must_cli.model import MustModel, Preprocess, build_must_model
 from must_cli.runs import METRICS_FILE, list_checkpoints
+from must_cli.verify_data import ADAPTED_MODEL_FILE, BothPredictions, ModelLabels, load_both, save_both
+from must_cli.verify_log import read_answers
+from must_cli.verify_stats import GainEstimate, estimate_gain
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -33,7 +37,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 RECORD_FILE = "run-record.json"
-IMAGE_SAMPLE = 1000  # adaptation images the report looks at: shares to about +-2.5 points (90%), bounded cost
 EVAL_SAMPLE = 10000  # labeled images per model for per-class accuracy and the confusion matrix
 
 
@@ -92,8 +95,9 @@ def load_models(run: RunFolder, device: torch.device, zero_shot: MustModel | Non
     """(zero-shot, adapted, preprocessing, which adapted model): the zero-shot one is rebuilt from the source CLIP
     unless the caller still holds it (`must adapt` does: rebuilding costs a text-tower pass over every prompt).
 
-    The adapted model is the shipped one, or the newest checkpoint's EMA teacher when the run
-    stopped before shipping or the guard shipped zero-shot.
+    The adapted model is the shipped one; the one kept beside it when `must verify --choose zero-shot`
+    shipped zero-shot; or the newest checkpoint's EMA teacher when the run stopped before shipping or
+    the guard shipped zero-shot.
     """
     cfg = run.config
 
@@ -101,7 +105,10 @@ def load_models(run: RunFolder, device: torch.device, zero_shot: MustModel | Non
         return build_must_model(cfg["model"], cfg["pretrained"], run.classnames, run.templates, device)
 
     shipped_zero_shot = run.meta.get("chosen", "").startswith("zero-shot")
-    if run.finished and not (shipped_zero_shot and run.checkpoint):
+    if (run.root / ADAPTED_MODEL_FILE).is_file() and shipped_zero_shot:
+        adapted, pre = load_model(run.root / ADAPTED_MODEL_FILE)[0], preprocess_of(run.meta)
+        which = f"the EMA teacher kept in {ADAPTED_MODEL_FILE} (zero-shot is shipped: chosen after `must verify`)"
+    elif run.finished and not (shipped_zero_shot and run.checkpoint):
         adapted, pre = load_model(run.root / MODEL_FILE)[0], preprocess_of(run.meta)
         which = "the shipped model (zero-shot: kept by the guard)" if shipped_zero_shot else "the shipped EMA teacher"
     else:
@@ -121,13 +128,28 @@ def evenly(items: list, n: int) -> list:
 
 
 @dataclass
+class Preds:
+    """One model on a set of images: top-1 class (-1: undecodable) and its probability, as arrays."""
+
+    labels: np.ndarray
+    confidence: np.ndarray
+
+    @classmethod
+    def of(cls, m: ModelLabels) -> "Preds":
+        return cls(np.asarray(m.labels, dtype=np.int64), np.asarray(m.confidence, dtype=np.float32))
+
+    def valid(self) -> np.ndarray:
+        return self.labels >= 0
+
+
+@dataclass
 class Labeled:
-    """Both models on a labeled folder: the truth and each model's predictions (and estimates)."""
+    """Both models on a labeled folder: the truth and each model's predictions."""
 
     folder: Path
     labels: np.ndarray
-    zero_shot: ViewPredictions
-    adapted: ViewPredictions
+    zero_shot: Preds
+    adapted: Preds
 
 
 @dataclass
@@ -137,36 +159,75 @@ class ReportData:
     run: RunFolder
     which_adapted: str
     images: Path | None
-    paths: list[Path]  # the sampled adaptation images
-    found: int  # adaptation images found (before sampling)
-    zero_shot: ViewPredictions | None
-    adapted: ViewPredictions | None
-    estimates: dict[str, Estimate] = field(default_factory=dict)
+    paths: list[Path]  # the adaptation images both models labeled (all of them, or an even sample)
+    found: int  # adaptation images in the folder
+    zero_shot: Preds | None
+    adapted: Preds | None
+    verified: GainEstimate | None = None  # from RUN/verify.csv, once someone verified
     labeled: Labeled | None = None
-    seconds: float = 0.0
+
+
+def both_predictions(run: RunFolder, images: Path, models: Callable[[], tuple], warn: Callable[[str], None],
+                     device: torch.device, workers: int) -> BothPredictions:
+    """The run's saved labels of both models, or (older runs) predicted here on the guard's sample and saved."""
+    both = load_both(run.root, images)
+    if both is not None:
+        return both
+    zero_shot, adapted, pre, which = models()
+    found = discover_images(images, warn)
+    pool = guard_sample(found)
+    both = BothPredictions(images, [str(p.relative_to(images)) for p in pool],
+                           sample_labels(zero_shot, pool, pre, device, workers),
+                           sample_labels(adapted, pool, pre, device, workers), len(found))
+    if run.finished and "checkpoint" not in which:  # the shipped or kept adapted model: what verify checks too
+        save_both(run.root, images, pool, both.zero_shot, both.adapted, len(found))
+    return both
+
+
+def verified_gain(run: Path, both: BothPredictions, warn: Callable[[str], None]) -> GainEstimate | None:
+    """The gain `must verify`'s answers give, or None before any; a damaged verify.csv is a warning here."""
+    try:
+        answers = read_answers(run, both)
+    except MustError as e:
+        warn(f"{e} (the report leaves the verified gain out)")
+        return None
+    tally = answers.tally()
+    return estimate_gain(tally, len(both.changed()), len(both.predicted()), both.found) if tally.labels else None
 
 
 def compute(run: RunFolder, images: Path | None, eval_dir: Path | None, device: torch.device,
             workers: int, warn: Callable[[str], None], zero_shot: MustModel | None = None) -> ReportData:
-    """Run the zero-shot and adapted models on a sample of the adaptation images (and the labeled folder).
+    """Both models' labels on the adaptation images (saved by adapt, else predicted), and on the labeled folder.
 
-    Only the adaptation images get augmented views (for the estimate); the labeled folder needs labels only.
+    The models are loaded only when something must be predicted.
     """
-    zero_shot, adapted, pre, which = load_models(run, device, zero_shot)
-    models = {"zero_shot": zero_shot, "adapted": adapted}
-    data = ReportData(run, which, images, [], 0, None, None)
+    loaded: list[tuple] = []
+
+    def models() -> tuple[MustModel, MustModel, Preprocess, str]:
+        if not loaded:
+            loaded.append(load_models(run, device, zero_shot))
+        return loaded[0]
+
+    data = ReportData(run, "", images, [], 0, None, None)
     if images is not None and images.is_dir():
-        found = discover_images(images, warn)
-        data.paths, data.found = evenly(found, IMAGE_SAMPLE), len(found)
-        preds = predict_views(models, data.paths, pre, device, workers=workers)
-        data.zero_shot, data.adapted = preds["zero_shot"], preds["adapted"]
-        data.estimates = {"zero_shot": estimate_accuracy(data.zero_shot), "adapted": estimate_accuracy(data.adapted),
-                          "gain": estimate_gain(data.adapted, data.zero_shot)}
+        both = both_predictions(run, images, models, warn, device, workers)
+        data.paths, data.found = [both.path(i) for i in range(len(both.paths))], both.found
+        data.zero_shot, data.adapted = Preds.of(both.zero_shot), Preds.of(both.adapted)
+        data.verified = verified_gain(run.root, both, warn)
     elif images is not None:
         warn(f"{images}: the adaptation images are gone: the report leaves out what needs them")
     if eval_dir is not None:
         paths, labels = labeled_images(eval_dir, run.classnames, warn)
         keep = evenly(list(range(len(paths))), EVAL_SAMPLE)
-        preds = predict_views(models, [paths[i] for i in keep], pre, device, views=0, workers=workers)
-        data.labeled = Labeled(eval_dir, np.asarray(labels)[keep], preds["zero_shot"], preds["adapted"])
+        zs, ad, pre, _ = models()
+        sample = [paths[i] for i in keep]
+        data.labeled = Labeled(eval_dir, np.asarray(labels)[keep], Preds.of(sample_labels(zs, sample, pre, device, workers)),
+                               Preds.of(sample_labels(ad, sample, pre, device, workers)))
+    data.which_adapted = models()[3] if loaded or not run.finished else _which(run)
     return data
+
+
+def _which(run: RunFolder) -> str:
+    """Which weights "adapted" means when adapt saved their labels (see load_models), without loading them."""
+    chosen = run.meta.get("chosen", "ema-teacher")
+    return "the EMA teacher at the end of training" + ("" if chosen == "ema-teacher" else f" (shipped: {chosen})")

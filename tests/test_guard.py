@@ -1,15 +1,18 @@
-"""The label-free guard: ship zero-shot when adaptation collapses onto few classes, never otherwise."""
+"""The label-free guard: ship zero-shot when adaptation collapses onto few classes, never otherwise;
+and the labels it compares, which verify and the report reuse."""
 
-import copy
 import math
 
 import torch
 
-from must_cli.guard import guard, guard_sample, label_balance
+from must_cli.guard import guard, guard_sample, label_balance, sample_labels
 from must_cli.inference import predict_labels
 from must_cli.model import build_must_model
+from must_cli.verify_data import ModelLabels
 
 from helpers import CLASSES
+
+SPREAD = ModelLabels([i % len(CLASSES) for i in range(30)], [0.5] * 30)  # zero-shot spread its labels evenly
 
 
 def test_label_balance_is_normalised_entropy():
@@ -24,32 +27,31 @@ def test_guard_sample_spreads_over_the_pool():
     assert sample == paths[::2] and guard_sample(paths[:10]) == paths[:10]
 
 
-def guard_inputs(tiny_spec, unlabeled_images):
-    model, pre = build_must_model(tiny_spec, None, CLASSES, ["a photo of {}"], torch.device("cpu"))
-    paths = sorted(unlabeled_images.iterdir())
-    zs_preds = torch.arange(len(paths)) % len(CLASSES)  # zero-shot spread its predictions evenly
-    predict = lambda m: predict_labels(m, paths, pre, torch.device("cpu"))  # noqa: E731
-    return model, copy.deepcopy(model), zs_preds, predict
+def test_guard_keeps_zero_shot_when_the_adapted_model_collapses():
+    collapsed = ModelLabels([0] * 30, [0.9] * 30)
+    note = guard(collapsed, SPREAD, len(CLASSES), min_balance=0.5)
+    assert note is not None and "collapsed (prediction balance 0.00 vs 1.00" in note
 
 
-def test_guard_keeps_zero_shot_when_the_adapted_model_collapses(tiny_spec, unlabeled_images):
-    zero_shot, adapted, zs_preds, predict = guard_inputs(tiny_spec, unlabeled_images)
-    with torch.no_grad():  # every class column the same: argmax is always class 0
-        adapted.classifier.copy_(adapted.classifier[:, :1].expand_as(adapted.classifier))
-    verdict = guard(adapted, zero_shot, zs_preds, predict, min_balance=0.5)
-    assert verdict.model is zero_shot and "collapsed (prediction balance 0.00 vs 1.00" in verdict.note
+def test_guard_keeps_a_healthy_adapted_model_and_ignores_undecodable_images():
+    same = ModelLabels(SPREAD.labels[:-3] + [-1, -1, -1], SPREAD.confidence)
+    assert guard(same, SPREAD, len(CLASSES), min_balance=0.5) is None
 
 
-def test_guard_keeps_a_healthy_adapted_model(tiny_spec, unlabeled_images):
-    zero_shot, adapted, _, predict = guard_inputs(tiny_spec, unlabeled_images)
-    zs_preds = predict(adapted)  # the adapted model predicts exactly as zero-shot did: nothing collapsed
-    verdict = guard(adapted, zero_shot, zs_preds, predict, min_balance=0.5)
-    assert verdict.model is adapted and verdict.note is None
-
-
-def test_guard_threshold_comes_from_the_config(tiny_spec, unlabeled_images):
-    zero_shot, adapted, zs_preds, predict = guard_inputs(tiny_spec, unlabeled_images)
-    balance = label_balance(torch.bincount(predict(adapted), minlength=len(CLASSES)))
+def test_guard_threshold_comes_from_the_config():
+    skewed = ModelLabels([0] * 20 + [1] * 10, [0.9] * 30)
+    balance = label_balance(torch.bincount(torch.tensor(skewed.labels), minlength=len(CLASSES)))
     assert 0 < balance < 1
-    assert guard(adapted, zero_shot, zs_preds, predict, min_balance=balance * 0.99).model is adapted
-    assert guard(adapted, zero_shot, zs_preds, predict, min_balance=min(1.0, balance * 1.01)).model is zero_shot
+    assert guard(skewed, SPREAD, len(CLASSES), min_balance=balance * 0.99) is None
+    assert guard(skewed, SPREAD, len(CLASSES), min_balance=min(1.0, balance * 1.01)) is not None
+
+
+def test_sample_labels_match_predict_labels_and_mark_unreadable_files(tiny_spec, unlabeled_images, tmp_path):
+    model, pre = build_must_model(tiny_spec, None, CLASSES, ["a photo of {}"], torch.device("cpu"))
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    paths = [*sorted(unlabeled_images.iterdir())[:6], broken]
+    got = sample_labels(model, paths, pre, torch.device("cpu"))
+    assert got.labels == predict_labels(model, paths, pre, torch.device("cpu")).tolist()
+    assert got.labels[-1] == -1 and got.confidence[-1] == 0.0
+    assert all(1 / len(CLASSES) <= c <= 1 for c in got.confidence[:-1])

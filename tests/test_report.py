@@ -23,9 +23,11 @@ from must_cli.cli import app
 from must_cli.evaluate import EvalRequest, run_eval
 from must_cli.report import build_report
 from must_cli.report_data import RECORD_FILE, read_run
+from must_cli.verify_data import BOTH_FILE, load_both
+from must_cli.verify_log import append_answer
 
-SECTIONS = ("1. Summary", "2. Training curves", "3. Pseudo-labels", "4. Zero-shot vs adapted", "5. Example images",
-            "6. Accuracy on the labeled folder", "7. Label-free estimate")
+SECTIONS = ("Summary", "Training curves", "Pseudo-labels", "Zero-shot vs adapted", "Example images",
+            "Accuracy on the labeled folder", "Did adaptation help?")
 
 
 class Page(HTMLParser):
@@ -72,12 +74,15 @@ def check_page(path: Path) -> tuple[str, Page]:
 
 
 def sections(text: str) -> list[str]:
-    return [s for s in SECTIONS if f"<h2>{s}" in text]
+    """The sections in page order; their numbers must run 1, 2, 3... with no gap."""
+    found = re.findall(r"<h2>(\d+)\. ([^<]+)</h2>", text)
+    assert [int(n) for n, _ in found] == list(range(1, len(found) + 1)), found
+    return [s for _, title in found for s in SECTIONS if title.startswith(s)]
 
 
-def measured(text: str, row: str) -> str:
-    """The last cell of a row of the estimate table."""
-    return re.search(rf"<td>{re.escape(row)}</td>.*?</td><td class=\"num\">([^<]+)</td></tr>", text).group(1)
+def measured(text: str, model: str) -> str:
+    """A model's top-1 in the labeled-folder table."""
+    return re.search(rf"<tr><td>{re.escape(model)}</td><td class=\"num\">([^<%]+)%</td>", text).group(1)
 
 
 @pytest.fixture()
@@ -92,9 +97,13 @@ def test_report_of_a_finished_run_with_a_labeled_folder(run_copy, unlabeled_imag
     assert sections(text) == list(SECTIONS)
     # The measured accuracies match `must eval` of the same models on the same folder.
     adapted = run_eval(EvalRequest(labeled_images, str(run_copy), device="cpu", workers=0), lambda m: None)
-    assert measured(text, "adapted accuracy (%)") == f"{100 * adapted['top1']:.1f}"
+    assert measured(text, "adapted") == f"{100 * adapted['top1']:.1f}"
     n_images = len(list(unlabeled_images.iterdir()))
-    assert f"of {n_images:,} sampled images changed label" in text
+    assert f"of the {n_images:,} images both models labeled changed label" in text
+    assert f"on the {n_images:,} images both models labeled;" in text  # one sample count in every section
+    changed = load_both(run_copy).changed()
+    assert "probably" not in text
+    assert ("Not verified: no labels yet" if changed else "No label changed") in text
     thumbs = [s for s in page.images if s.startswith("data:image/jpeg")]
     assert 0 < len(thumbs) <= 3 * 6 + 24
 
@@ -130,7 +139,7 @@ def test_report_of_a_stopped_run_uses_its_newest_checkpoint(run_copy, unlabeled_
     text, _ = check_page(build_report(run_copy, images=unlabeled_images, device="cpu"))
     assert "stopped before the end" in text
     assert re.search(r"the EMA teacher of step-\d+\.pt", text)
-    assert "7. Label-free estimate" in text
+    assert "6. Did adaptation help?" in text
 
 
 def test_tensorboard_log_writes_every_scalar(tmp_path):
@@ -165,15 +174,14 @@ def test_sections_stay_compact_for_1000_classes(tmp_path):
 
     import numpy as np
 
-    from must_cli.estimate import ViewPredictions
-    from must_cli.report import accuracy, flips, pseudo_labels
-    from must_cli.report_data import Labeled, ReportData, RunFolder
+    from must_cli.report import accuracy, flips, pseudo_labels, render
+    from must_cli.report_data import Labeled, Preds, ReportData, RunFolder
 
     k, n = 1000, 2000
     rng = np.random.default_rng(0)
 
-    def preds(labels: np.ndarray) -> ViewPredictions:
-        return ViewPredictions(labels, rng.uniform(0.2, 1.0, n).astype(np.float32), np.stack([labels, labels], 1))
+    def preds(labels: np.ndarray) -> Preds:
+        return Preds(labels, rng.uniform(0.2, 1.0, n).astype(np.float32))
 
     zs = rng.integers(0, k, n)
     ad = np.where(rng.uniform(size=n) < 0.3, rng.integers(0, k, n), zs)
@@ -181,7 +189,7 @@ def test_sections_stay_compact_for_1000_classes(tmp_path):
     d = ReportData(run, "test", tmp_path, [tmp_path / f"{i}.jpg" for i in range(n)], n, preds(zs), preds(ad))
     d.labeled = Labeled(tmp_path, zs, preds(zs), preds(ad))
     start = time.perf_counter()
-    html = pseudo_labels(d) + flips(d) + accuracy(d)
+    html = "".join(render(i, part(d)) for i, part in enumerate((pseudo_labels, flips, accuracy), start=3))
     assert time.perf_counter() - start < 30
     assert html.count("<tr>") <= 3 * 13 + 3  # top-N tables, not one row per class or pair
     assert len(html) < 2_000_000
@@ -193,7 +201,8 @@ def test_adapt_writes_the_report_and_its_record(adapted_run, unlabeled_images):
     assert record["status"] == "finished" and record["images_used"] == 24 and record["images_skipped"] == 0
     assert read_run(adapted_run).record["images"] == str(unlabeled_images.resolve())  # from config.toml
     text, _ = check_page(adapted_run / "report.html")
-    assert sections(text) == [s for s in SECTIONS if not s.startswith("6.")]
+    assert sections(text) == [s for s in SECTIONS if not s.startswith("Accuracy")]
+    assert (adapted_run / BOTH_FILE).is_file()  # both models' labels, saved for verify and the report
 
 
 def test_adapt_with_eval_dir_and_tensorboard(tmp_path, tiny_spec, classes_file, unlabeled_images, labeled_images):
@@ -207,7 +216,7 @@ def test_adapt_with_eval_dir_and_tensorboard(tmp_path, tiny_spec, classes_file, 
     text, _ = check_page(out / "report.html")
     assert sections(text) == list(SECTIONS)
     final = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]["eval"]["teacher"]
-    assert measured(text, "adapted accuracy (%)") == f"{100 * final['top1']:.1f}"  # same model, same folder
+    assert measured(text, "adapted") == f"{100 * final['top1']:.1f}"  # same model, same folder
     assert list(tb.glob("events.out.tfevents.*"))
 
 
@@ -228,4 +237,30 @@ def test_a_run_stopped_by_sigterm_still_writes_its_report(tmp_path, tiny_spec, c
     assert not (out / "model.safetensors").exists()
     assert json.loads((out / RECORD_FILE).read_text())["status"].startswith("ended early: stopped by SIGTERM")
     text, _ = check_page(out / "report.html")
-    assert "ended early: stopped by SIGTERM" in text and "7. Label-free estimate" in text
+    assert "ended early: stopped by SIGTERM" in text and "6. Did adaptation help?" in text
+
+
+def test_report_reuses_the_saved_labels_and_shows_the_verified_gain(run_copy, unlabeled_images):
+    """The report reads predictions-both.json (no second prediction) and, once verify.csv exists, the gain."""
+    doc = json.loads((run_copy / BOTH_FILE).read_text())
+    n = len(doc["paths"])
+    doc["zero_shot"]["labels"] = [0] * n
+    doc["adapted"]["labels"] = [1] * 10 + [0] * (n - 10)  # 10 changed labels, known only from the file
+    (run_copy / BOTH_FILE).write_text(json.dumps(doc))
+    both = load_both(run_copy)
+    for i, outcome in zip(both.changed(), ["adapted"] * 6 + ["zero-shot", "neither", "skip"]):
+        append_answer(run_copy, both.paths[i], outcome)
+    text, _ = check_page(build_report(run_copy, images=unlabeled_images, device="cpu"))
+    assert f"{100 * 10 / n:.1f}% (10 of {n})" in text
+    # 8 labels of 10 changed: gain = 10/n x (6 - 1)/8, exactly as verify_stats computes it
+    assert f"<td>verified gain (points)</td><td>{100 * 10 / n * 5 / 8:+.1f} (90% interval" in text
+    assert "8 of 10 changed images (1 skipped)" in text
+
+
+def test_a_damaged_verify_file_is_a_warning_with_its_line_number(run_copy, unlabeled_images):
+    both = load_both(run_copy)
+    (run_copy / "verify.csv").write_text("image,answer,class,time\nx.jpg,maybe,,\n")
+    warnings: list[str] = []
+    text, _ = check_page(build_report(run_copy, images=unlabeled_images, device="cpu", warn=warnings.append))
+    assert any("verify.csv:2: damaged line" in w for w in warnings), warnings
+    assert "verified gain" not in text and both is not None
