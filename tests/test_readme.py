@@ -68,3 +68,27 @@ def test_a_missing_or_multi_line_block_fails_ci_loudly(text):
 def test_the_demo_command_names_a_script_that_exists():
     words = shlex.split(_readme_commands().command("demo"))
     assert (ROOT / words[words.index("bash") + 1]).is_file()
+
+
+def test_the_cpu_choice_comes_before_the_marked_commands():
+    """Issue 21, item 1: a reader going in order sees the CPU wheels before the demo installs torch."""
+    readme = (ROOT / "README.md").read_text()
+    cpu = readme.index("No NVIDIA GPU? Run this first")
+    assert cpu < readme.index("<!-- ci:demo -->") < readme.index("<!-- ci:test -->")
+    assert readme.index("pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu") > cpu
+    assert readme.index("pip install torch torchvision --index-url") < readme.index("<!-- ci:demo -->")
+
+
+def test_the_readme_promises_no_pypi_install():
+    """Issue 21, item 3: must-cli is not on PyPI; install from a checkout or a built wheel."""
+    readme = (ROOT / "README.md").read_text()
+    assert '"must-cli[export]"' not in readme and "from PyPI" not in readme
+    assert 'pip install "dist/must_cli-' in readme and "pip wheel --no-deps -w dist ." in readme
+
+
+def test_the_top_example_uses_the_class_file_init_writes():
+    """Issue 21, item 4: `must init ./project` writes ./project/classes.txt, and the next line uses that file."""
+    readme = (ROOT / "README.md").read_text()
+    top = readme[: readme.index("## Install")]
+    assert "must init ./project" in top and "--classes ./project/classes.txt" in top
+    assert "--classes classes.txt" not in top
