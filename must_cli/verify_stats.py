@@ -30,6 +30,8 @@ CONFIDENCE = 0.90
 Z = 1.6448536269514722  # the two-sided 90% normal quantile
 PLANNING_VARIANCE = 1.0  # worst case of a {-1, 0, +1} score's variance: label counts never promised too low
 TARGET_MARGIN = 0.02  # the +-2 points `must adapt` says how many labels buy
+MIN_VERDICT_LABELS = 20  # no "helped"/"hurt" before this many answers: the page shows the interval after every
+# answer, and a user who stops at the first one that excludes 0 would be wrong far more often than 10% of the time
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,8 @@ class GainEstimate:
 
     @property
     def verdict(self) -> str:
-        """'helped' / 'hurt' only when the interval excludes 0; otherwise 'unknown'."""
-        if self.low is None or self.high is None:
+        """'helped' / 'hurt' once MIN_VERDICT_LABELS answers are in and the interval excludes 0; else 'unknown'."""
+        if self.low is None or self.high is None or self.tally.labels < min(MIN_VERDICT_LABELS, self.changed):
             return "unknown"
         return "helped" if self.low > 0 else "hurt" if self.high < 0 else "unknown"
 
