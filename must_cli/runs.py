@@ -25,7 +25,7 @@ CHECKPOINTS = "checkpoints"  # resumable checkpoints, inside the run folder
 METRICS_FILE = "metrics.jsonl"  # one JSON line per epoch, written by the trainer
 MODEL_FILE = "model.safetensors"  # the shipped model; its presence marks a finished run
 CONFIG_FILE = "config.toml"  # the run's settings and inputs, written when it starts
-LOCK_FILE = ".lock"  # flock-ed for the run's lifetime; the kernel releases it when the process dies
+LOCK_FILE = ".lock"  # flock-ed for the run's lifetime, removed when it ends; the kernel releases it if the process dies
 
 # Settings that may change on resume: they do not change what is computed (beyond rounding).
 RUNTIME_KEYS = frozenset({"device", "workers", "precision", "compile", "grad_checkpointing", "eval_every",
@@ -140,8 +140,10 @@ def refuse_to_clobber(plan: RunPlan) -> None:
 class RunFolder:
     """An open run folder: created, and locked (fcntl.flock) until ``close`` or the process ends.
 
-    The lock is the kernel's, so a run killed with -9 never leaves a stale lock behind, and a
-    second `must adapt` into the same folder is refused while the first one runs.
+    The lock is the kernel's, so a run killed with -9 never leaves a stale lock behind (only an
+    unlocked empty file), and a second `must adapt` into the same folder is refused while the
+    first one runs. ``close`` removes the file while still holding the lock, so a finished run
+    folder holds no `.lock`; ``_lock`` re-checks that the file it locked is still the one in place.
     """
 
     def __init__(self, plan: RunPlan):
@@ -160,6 +162,7 @@ class RunFolder:
 
     def close(self) -> None:
         if self._lock >= 0:
+            (self.path / LOCK_FILE).unlink(missing_ok=True)  # still held: no other run holds this file
             os.close(self._lock)  # releases the flock
             self._lock = -1
 
@@ -187,18 +190,30 @@ def _create_unique(folder: Path) -> Path:
 
 
 def _lock(folder: Path) -> int:
-    try:
-        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise MustError(f"cannot write to output folder {folder} ({e.strerror}): pass --output to a "
-                        "writable folder") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise MustError(f"{folder} is in use by another `must adapt` run: wait for it to finish, or pass "
-                        "another --output") from None
-    return fd
+    """An exclusive flock on ``folder/.lock``, or a one-line refusal while another run holds it.
+
+    A run that ends unlinks the file while locked; one that opened it just before locks a file no
+    longer in the folder, so the lock counts only if the path still names the locked file.
+    """
+    path = folder / LOCK_FILE
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise MustError(f"cannot write to output folder {folder} ({e.strerror}): pass --output to a "
+                            "writable folder") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise MustError(f"{folder} is in use by another `must adapt` run: wait for it to finish, or pass "
+                            "another --output") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # unlinked (or replaced) between open and flock: lock the file now in place
 
 
 def prepare_output(out: Path) -> None:

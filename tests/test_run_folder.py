@@ -107,3 +107,41 @@ def test_a_finished_run_keeps_one_checkpoint_unless_asked(adapted_run, tmp_path,
               "--keep-checkpoints", 3)
     assert r.exit_code == 0, r.output
     assert [p.name for p in list_checkpoints(out / "checkpoints")] == [f"step-0000000{i}.pt" for i in (4, 5, 6)]
+
+
+def test_a_finished_run_leaves_no_lock_file(tmp_path, tiny_spec, classes_file, unlabeled_images):
+    """Issue 21, item 7: the 0-byte .lock goes when the run ends; so does one of a run refused under the lock."""
+    out = tmp_path / "run"
+    assert adapt(unlabeled_images, classes_file, tiny_spec, "--output", out).exit_code == 0
+    assert not (out / ".lock").exists() and (out / "model.safetensors").exists()
+    one_line_error(adapt(unlabeled_images, classes_file, tiny_spec, "--output", out), "already holds")
+    assert not (out / ".lock").exists()
+
+
+def test_a_lock_unlinked_while_waiting_for_it_is_taken_again(tmp_path, monkeypatch):
+    """The run that ends unlinks .lock while holding it; one that opened the old file meanwhile must not trust it.
+
+    Simulated: between our open and our flock, the holder finishes (unlinks and releases), so the flock
+    succeeds on a file no longer in the folder. The lock taken must be the one on the file now in place.
+    """
+    import must_cli.runs as runs
+
+    out = tmp_path / "run"
+    out.mkdir()
+    real_flock, calls = runs.fcntl.flock, []
+
+    def flock(fd, op):
+        if not calls and op & runs.fcntl.LOCK_EX:
+            (out / ".lock").unlink()  # the holder's close, in the gap
+        calls.append(op)
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(runs.fcntl, "flock", flock)
+    folder = RunFolder(RunPlan(out, None))
+    assert len([op for op in calls if op & runs.fcntl.LOCK_EX]) == 2  # the first lock was dropped and retaken
+    assert os.fstat(folder._lock).st_ino == os.stat(out / ".lock").st_ino
+    monkeypatch.setattr(runs.fcntl, "flock", real_flock)
+    with pytest.raises(Exception, match="in use by another"):
+        RunFolder(RunPlan(out, None))
+    folder.close()
+    assert not (out / ".lock").exists()
