@@ -7,12 +7,13 @@ its state on a Trainer object so every rank takes the same decisions in the same
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import random
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -26,14 +27,15 @@ from must_cli.checkpoint import atomic_write_text, load_checkpoint, save_checkpo
 from must_cli.config import MustConfig
 from must_cli.distributed import Dist, agreed_error, reduce_sum
 from must_cli.engine import METRIC_NAMES, TrainState, scaled_lr, train_epoch
-from must_cli.errors import MustError
+from must_cli.errors import MustError, RunStopped
 from must_cli.evaluate import LabeledSet
 from must_cli.priors import label_balance
 from must_cli.images import display_name
 from must_cli.model import MustModel
 from must_cli.progress import Reporter
 from must_cli.runs import METRICS_FILE, check_fingerprint, checkpoints_of, list_checkpoints
-from must_cli.runtime import Autocast
+from must_cli.runtime import Autocast, eager_module, memory_advice
+from must_cli.stop import StopRequest
 from must_cli.views import EpochSampler
 
 KEEP_WHILE_RUNNING = 2  # checkpoints kept mid-run, so one damaged after writing still leaves one to resume
@@ -87,35 +89,17 @@ class Nets:
     optimizer: torch.optim.Optimizer
     train_student: nn.Module  # the student as trained: wrapped in DDP and/or compiled
     train_teacher: nn.Module
+    runtime: dict[str, Any] = field(default_factory=dict)  # how they run (AdamW kind, compile...), for the run's record
 
+    @property
+    def compiled(self) -> bool:
+        return eager_module(self.train_student) is not self.train_student
 
-class StopRequest:
-    """SIGINT/SIGTERM set a flag; the loop finishes its step, checkpoints and exits cleanly.
-
-    A second signal more than a second later means "now" (KeyboardInterrupt). Repeats within
-    the second are the same request delivered twice: on Ctrl-C both the terminal and torchrun
-    signal every worker.
-    """
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._at = 0.0
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "StopRequest":
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signal is None:
-            self.signal, self._at = signum, time.monotonic()
-        elif time.monotonic() - self._at > 1.0:
-            raise KeyboardInterrupt
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+    def fall_back_to_eager(self, reason: str) -> None:
+        """Train with the uncompiled modules from now on (same parameters: nothing is lost)."""
+        self.train_student, self.train_teacher = eager_module(self.train_student), eager_module(self.train_teacher)
+        self.runtime["compile"] = f"failed at the first step, ran eager: {reason}"
+        torch._dynamo.reset()  # drop the failed graphs and their caches
 
 
 def rng_state() -> dict[str, Any]:
@@ -142,6 +126,13 @@ def epoch_stats(total: torch.Tensor, hist: torch.Tensor, lr: float, prior: torch
     return {**means, "balance": label_balance(hist, prior), "lr": lr}
 
 
+def failure_reason(error: BaseException) -> str:
+    """The first line of the innermost error (torch.compile wraps a backend's error in its own), for one line."""
+    while (inner := getattr(error, "inner_exception", None) or error.__cause__) is not None:
+        error = inner
+    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:200]}"
+
+
 class Trainer:
     """Runs the epochs of one adapt run on every rank; rank 0 writes checkpoints and metrics."""
 
@@ -159,6 +150,7 @@ class Trainer:
         self.unreadable: set[int] = set()
         self._sums = self._hist = torch.zeros(0)
         self._lr, self._halted = 0.0, False
+        self._compile_proven = False  # set once a compiled step has run forward, backward and optimiser step
 
     # ---------------------------------------------------------------- resume and checkpoints
 
@@ -224,9 +216,9 @@ class Trainer:
                                   self.state.batches_done // plan.accum_steps)
         try:
             rest = itertools.islice(self.loader, plan.batches_per_epoch - self.state.batches_done)
-            train_epoch(self.nets.train_student, self.nets.train_teacher, self.nets.optimizer,
-                        self._warn_unreadable(rest), self.cfg, self.state, plan.total_steps, self.peak_lr,
-                        self.floor_lr, self.device, self.autocast, self._on_step)
+            self._train(self._warn_unreadable(rest))
+        except torch.cuda.OutOfMemoryError:
+            raise self._out_of_memory() from None
         finally:
             self.reporter.end_epoch()
         if self._halted and self.state.batches_done < plan.batches_per_epoch:
@@ -234,6 +226,47 @@ class Trainer:
         self._end_epoch(started, images_before)
         if self._halted and self.state.epoch < plan.epochs:
             raise self._stopped()
+
+    def _train(self, batches: Iterator[dict]) -> None:
+        """engine.train_epoch over ``batches``; compiled, the first optimiser step is guarded.
+
+        Compilation happens inside that step (the forward graphs at the first call, the backward
+        graph at the first backward), and so do compiled code's first runs. If any of it raises
+        before the optimiser steps, the step is rerun eager on the same micro-batches from the same
+        state, once this was said in one line and noted in the run's record.
+        """
+        def run(data: Iterable[dict]) -> None:
+            nets = self.nets
+            train_epoch(nets.train_student, nets.train_teacher, nets.optimizer, data, self.cfg, self.state,
+                        self.plan.total_steps, self.peak_lr, self.floor_lr, self.device, self.autocast, self._on_step)
+
+        if not self.nets.compiled or self._compile_proven:
+            return run(batches)
+        first = list(itertools.islice(batches, self.plan.accum_steps))  # the first step's micro-batches
+        saved, rng = dataclasses.replace(self.state), rng_state()
+        stepped: list[bool] = []
+        hook = self.nets.optimizer.register_step_pre_hook(lambda *_: stepped.append(True))
+        try:
+            run(itertools.chain(first, batches))
+            self._compile_proven = True
+            return
+        except (MustError, torch.cuda.OutOfMemoryError):
+            raise
+        except Exception as e:  # noqa: BLE001 - whatever compiled code raised; the eager rerun re-raises real errors
+            if stepped:
+                raise
+            reason = failure_reason(e)
+        finally:
+            hook.remove()
+        if self.dist.world > 1:  # ranks would disagree on which modules run: stop all with the cure
+            raise MustError(f"torch.compile failed at the first step ({reason}): rerun with --no-compile")
+        self.reporter.warn(f"torch.compile failed at the first step ({reason}): continuing eager "
+                           "(--no-compile skips compiling)")
+        self.nets.fall_back_to_eager(reason)
+        self.state.__dict__.update(saved.__dict__)
+        set_rng_state(rng)
+        self._compile_proven = True
+        run(itertools.chain(first, batches))
 
     def _end_epoch(self, started: float, images_before: float) -> None:
         total, hist = reduce_sum(self._sums), reduce_sum(self._hist)
@@ -286,11 +319,21 @@ class Trainer:
                             f"the loss became NaN/inf by step {step}: lower --lr (or use --precision fp32); "
                             + (f"last good checkpoint kept: {kept[-1]}" if kept else "no checkpoint was written yet"))
 
+    def _out_of_memory(self) -> BaseException:
+        """One line: the batch that did not fit, the flags that would, and the checkpoint kept for --resume."""
+        self.nets.optimizer.zero_grad(set_to_none=True)
+        kept = list_checkpoints(checkpoints_of(self.run_dir))
+        after = (f"checkpoint kept: {kept[-1]}; continue from it with the same command plus --output {self.run_dir} "
+                 "--resume and the new flags" if kept else "no checkpoint was written yet: start again with them")
+        return MustError(f"{memory_advice(self.plan.per_process, self.cfg.accum_steps, self.plan.world, self.cfg.grad_checkpointing)}; {after}")
+
     def _stopped(self) -> BaseException:
         by = signal.Signals(self.stop.signal).name if self.stop.signal else "a signal to another process"
-        return agreed_error(self.dist.is_main,
-                            f"stopped by {by} at step {self.state.step}: checkpoint saved; continue with "
-                            f"`must adapt --resume {self.run_dir}`")
+        signum = self.stop.signal or signal.SIGTERM
+        if not self.dist.is_main:
+            return SystemExit(128 + signum)
+        return RunStopped(f"stopped by {by} at step {self.state.step}: checkpoint saved; continue with "
+                          f"`must adapt --resume {self.run_dir}`", signum)
 
     def _warn_unreadable(self, batches: Iterable[dict]) -> Iterator[dict]:
         """Warn once per file that passed the header scan but fails to decode (e.g. truncated data).

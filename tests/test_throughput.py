@@ -1,4 +1,4 @@
-"""The speed paths compute the same step: bf16 autocast vs fp32, grad checkpointing, compile wiring, the benchmark."""
+"""The speed paths compute the same step: bf16 autocast vs fp32, grad checkpointing, the benchmark (compile: test_compile.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from must_cli.runtime import autocast_for, compile_for_training
+from must_cli.runtime import autocast_for
 from must_cli.config import MustConfig
 from must_cli.engine import TrainState, must_step
 
@@ -59,12 +59,6 @@ def test_grad_checkpointing_gives_the_same_loss_and_gradients():
     (loss0, grads0), (loss1, grads1) = results
     assert torch.equal(loss0, loss1) and grads0.keys() == grads1.keys() and len(grads0) > 10
     assert all(torch.allclose(grads0[n], grads1[n], rtol=1e-5, atol=1e-7) for n in grads0)
-
-
-def test_compile_is_skipped_on_cpu_and_when_off():
-    student, teacher = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
-    assert compile_for_training(student, teacher, torch.device("cpu"), True) == (student, teacher)
-    assert compile_for_training(student, teacher, torch.device("cuda"), False) == (student, teacher)
 
 
 def test_quick_benchmark_prints_json_with_the_expected_keys(capsys):
