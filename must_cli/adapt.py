@@ -36,7 +36,7 @@ from must_cli.runs import (
 from must_cli.runtime import adamw, autocast_for, compile_for_training, default_workers, pick_device, thread_budget
 from must_cli.tensorboard_log import TensorBoardLog, TensorBoardReporter
 from must_cli.trainer import BatchPlan, Nets, Trainer
-from must_cli.verify_data import ModelLabels, save_both
+from must_cli.verify_data import ModelLabels, load_both, save_both
 from must_cli.views import EpochSampler, TrainViews
 from must_cli.warmstart import load_warm_start
 
@@ -68,6 +68,7 @@ class AdaptResult:
     guard_note: str | None  # why the zero-shot model was shipped, if it was
     class_prior: dict | None = None  # priors.as_metadata: where the fairness target came from, and its shares
     predictions: Path | None = None  # with --predict
+    changed: tuple[int, int] | None = None  # (labels changed, images both models labeled): what `must verify` checks
 
 
 @dataclass
@@ -177,10 +178,11 @@ def train_and_ship(setup: Setup, out: Path, resume_from: Path | None) -> AdaptRe
               "device": f"{device} x {dist.world} process(es)", "runtime": nets.runtime}  # what only this process knows
     with reported_when_done(out, record, dist.is_main, str(device), workers, reporter.warn, zero_shot):
         metrics = trainer.run()
-        note = None
+        note, changed = None, None
         if dist.is_main:
             adapted_labels = predict(nets.teacher)
-            save_both(out, setup.images, pool, zero_shot_labels, adapted_labels, len(setup.paths))
+            both = load_both(save_both(out, setup.images, pool, zero_shot_labels, adapted_labels, len(setup.paths)).parent)
+            changed = (len(both.changed()), len(both.predicted()))
             note = guard(adapted_labels, zero_shot_labels, len(setup.classnames), cfg.guard_min_balance,
                          prior) if cfg.guard else None
             if note:
@@ -189,7 +191,7 @@ def train_and_ship(setup: Setup, out: Path, resume_from: Path | None) -> AdaptRe
         if dist.is_main:
             ship(out, zero_shot if note else nets.teacher, setup, note, prior_meta)
     finish(device)
-    return AdaptResult(out, out / MODEL_FILE, metrics, setup.skipped, note, prior_meta)
+    return AdaptResult(out, out / MODEL_FILE, metrics, setup.skipped, note, prior_meta, changed=changed)
 
 
 def starting_model(init_from: Path | None, cfg: MustConfig, classnames: list[str], templates: list[str],

@@ -9,9 +9,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from must_cli import __version__
 from must_cli.cli_format import (
-    AdaptCommand, MustCommand, config_help, err_console, one_line_errors, session, show_adapt_summary,
+    AdaptCommand, MustCommand, config_help, err_console, one_line_errors, session, show_adapt_summary, version_lines,
 )
 from must_cli.config import AUTO_DEVICE, AUTO_WORKERS, INFERENCE_BATCH, MustConfig, preset_names
 from must_cli.progress import Reporter, images_bar
@@ -25,8 +24,12 @@ app = typer.Typer(
 
 
 def show_version(value: bool) -> None:
+    """--version: must-cli, its torch stack, the device a run would use and what it offers there."""
     if value:
-        typer.echo(f"must-cli {__version__}")
+        from must_cli.doctor import describe_environment
+
+        for line in version_lines(describe_environment()):
+            typer.echo(line)
         raise typer.Exit()
 
 
@@ -34,7 +37,7 @@ def show_version(value: bool) -> None:
 def main(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
     version: bool = typer.Option(False, "--version", callback=show_version, is_eager=True,
-                                 help="Print the version and exit."),
+                                 help="Print must-cli's and its torch stack's versions, the device and its features."),
 ) -> None:
     """Adapt a pretrained CLIP to your own unlabeled images with MUST, then predict and export."""
     session.debug = debug
@@ -113,7 +116,7 @@ def eval_(
     output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="Also write every number to this JSON file."),
     batch_size: int = typer.Option(INFERENCE_BATCH, "--batch-size", metavar="N", min=1, help="Images per forward pass."),
     workers: int = typer.Option(AUTO_WORKERS, "--workers", metavar="N", help="Data loading processes (-1: the cores, less one)."),
-    device: str = typer.Option(AUTO_DEVICE, "--device", metavar="NAME", help="auto, cpu, cuda or cuda:N."),
+    device: str = typer.Option(AUTO_DEVICE, "--device", metavar="NAME", help="Device: auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Measure accuracy on labeled images: top-1, mean per class, per-class recall, most confused pairs."""
     import json
@@ -138,7 +141,7 @@ def eval_(
 @app.command("init", cls=MustCommand, short_help="Write must.toml and classes.txt; suggest a preset.")
 @one_line_errors
 def init(
-    directory: Path = typer.Argument(Path("."), metavar="[DIRECTORY]", help="Folder to write must.toml and classes.txt into."),
+    directory: Path = typer.Argument(Path("."), metavar="DIRECTORY", help="Folder to write must.toml and classes.txt into."),
     images: Optional[Path] = typer.Option(None, "--images", metavar="DIR", help="Survey this image folder and suggest a preset."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing must.toml and classes.txt."),
 ) -> None:
@@ -174,11 +177,11 @@ def predict(
     output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="Write predictions to a .csv or .jsonl file."),
     top_k: int = typer.Option(1, "--top-k", metavar="K", help="Labels (with probabilities) per image."),
     sort_into: Optional[Path] = typer.Option(None, "--sort-into", metavar="DIR", help="Copy each image into DIR/<predicted class>/."),
-    link: Optional[str] = typer.Option(None, "--link", metavar="MODE", help="hard or sym: link into --sort-into instead of copying."),
+    link: Optional[str] = typer.Option(None, "--link", metavar="MODE", help="Link into --sort-into instead of copying: hard or sym."),
     min_confidence: Optional[float] = typer.Option(None, "--min-confidence", metavar="P", help="Top-1 probability below this goes to DIR/_uncertain/."),
     batch_size: int = typer.Option(INFERENCE_BATCH, "--batch-size", metavar="N", help="Images per forward pass."),
     workers: int = typer.Option(AUTO_WORKERS, "--workers", metavar="N", help="Data loading processes (-1: the cores, less one)."),
-    device: str = typer.Option(AUTO_DEVICE, "--device", metavar="NAME", help="auto, cpu, cuda or cuda:N."),
+    device: str = typer.Option(AUTO_DEVICE, "--device", metavar="NAME", help="Device: auto, cpu, cuda or cuda:N."),
     zero_shot: bool = typer.Option(False, "--zero-shot", help="Predict with plain CLIP (--model spec, --classes) to compare."),
     classes: Optional[Path] = typer.Option(None, "--classes", metavar="FILE", help="With --zero-shot: one class name per line."),
     pretrained: Optional[str] = typer.Option(None, "--pretrained", metavar="TAG", help="With --zero-shot: open_clip pretrained tag."),
@@ -220,7 +223,7 @@ def predict(
 @one_line_errors
 def export(
     model: Optional[str] = typer.Option(None, "--model", metavar="SPEC", help=f"Run folder or model.safetensors (default {LATEST_RUN})."),
-    format: str = typer.Option(..., "--format", metavar="FORMAT", help="onnx or torchscript."),
+    format: str = typer.Option(..., "--format", metavar="FORMAT", help="Format: onnx or torchscript."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="Default: model.onnx / model.torchscript.pt next to the model."),
     opset: int = typer.Option(18, "--opset", metavar="N", help="ONNX opset (18 or higher)."),
     fp16: bool = typer.Option(False, "--fp16", help="fp16 weights (inputs/outputs stay float32); checked to 1e-2."),
@@ -243,7 +246,7 @@ def report(
     run: Path = typer.Argument(..., metavar="RUN", help="Run folder written by `must adapt`."),
     images: Optional[Path] = typer.Option(None, "--images", metavar="DIR", help="The adaptation images (default: what the run recorded)."),
     eval_dir: Optional[Path] = typer.Option(None, "--eval-dir", metavar="DIR", help="Labeled folder, one sub-folder per class (default: the run's)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    device: str = typer.Option(AUTO_DEVICE, "--device", metavar="NAME", help="Device: auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Rebuild RUN/report.html: curves, label changes, example images and a label-free estimate of the gain."""
     from must_cli.report import build_report

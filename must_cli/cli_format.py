@@ -15,8 +15,9 @@ from rich.markup import escape
 from typer.core import TyperCommand
 
 from must_cli.config import MustConfig
-from must_cli.errors import MustError
-from must_cli.progress import Reporter
+from must_cli.doctor import Environment, fix_command, installed, stack_problem
+from must_cli.errors import MustError, RunStopped
+from must_cli.progress import Reporter, emit
 
 err_console = Console(stderr=True)
 RESUME_OWN_RUN = ""  # the value of a bare --resume: continue the run in --output (or the newest run)
@@ -33,22 +34,34 @@ session = Session()
 
 
 def one_line_errors(fn: Callable) -> Callable:
-    """Turn MustError (and Ctrl-C) into one red line and exit code 1/130, unless --debug."""
+    """Turn MustError into one red line (exit 1), a requested stop into `stopped ...` (exit 128 + signal),
+    Ctrl-C into `interrupted` (130) and a torch stack that fails to import into one line; unless --debug."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except RunStopped as e:
+            if session.debug:
+                raise
+            emit(err_console, str(e))
+            raise typer.Exit(128 + e.signum) from None
         except MustError as e:
             if session.debug:
                 raise
-            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            emit(err_console, str(e), "error:", "bold red")
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             if session.debug:
                 raise
             err_console.print("[bold red]interrupted[/]")
             raise typer.Exit(130) from None
+        except Exception:
+            problem = None if session.debug else stack_problem()
+            if problem is None:
+                raise  # a bug: its traceback is what a report needs
+            emit(err_console, problem, "error:", "bold red")
+            raise typer.Exit(1) from None
 
     return wrapper
 
@@ -88,7 +101,10 @@ def config_help(field: str, what: str = "") -> str:
     info = MustConfig.model_fields[field]
     default = info.default
     shown = ("on" if default else "off") if isinstance(default, bool) else default
-    return f"{what or info.description}. [default: {shown}]"
+    text = what or info.description or ""
+    first = text.split(" ", 1)[0]
+    text = f"The {text}" if "_" in first else text[:1].upper() + text[1:]  # "The open_clip ...", not "Open_clip"
+    return f"{text}." + ("" if default in (None, "") else f" [default: {shown}]")
 
 
 def show_adapt_summary(result: Any, with_eval: bool) -> None:
@@ -109,3 +125,15 @@ def show_adapt_summary(result: Any, with_eval: bool) -> None:
     if result.class_prior and result.class_prior["source"] != "uniform":
         from must_cli.priors import describe  # torch is loaded by now: adapt ran
         out.info(f"class prior {describe(result.class_prior)}")
+
+
+def version_lines(env: Environment) -> list[str]:
+    """`must --version`: what a bug report needs, each line short enough for 80 columns."""
+    lines = [f"must-cli {env.versions.pop('must-cli')}", ", ".join(f"{k} {v}" for k, v in env.versions.items())]
+    if env.mismatch:
+        lines.append(f"torch/torchvision mismatch: {env.mismatch}: fix with `{fix_command(installed('torch'))}`")
+    if env.problem:
+        return [*lines, env.problem, f"weights cache: {env.weights_cache}"]
+    gpus = ", ".join(env.gpus) if env.gpus else "none seen"
+    return [*lines, f"CUDA {env.cuda}; GPU: {gpus}; device: {env.device}",
+            *(f"{name}: {value}" for name, value in env.features.items()), f"weights cache: {env.weights_cache}"]

@@ -2,13 +2,15 @@
 health signals, one line per epoch, warnings, and tables.
 
 Laid out for 80 columns: bar, steps and ETA on the first line, metrics on a second. When
-stderr is not a terminal (CI logs, nohup) there is no bar: one plain line every few steps
-carries everything. Only rank 0 draws; other ranks get SilentReporter.
+stderr is not a terminal (CI logs, nohup) there is no bar: a plain line every tenth of an epoch
+or every 10 s, whichever is rarer, carries everything, and each epoch ends with its summary.
+Only rank 0 draws; other ranks get SilentReporter.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -20,13 +22,42 @@ from rich.text import Text
 
 STAT_LABELS = {"loss": "loss", "kept": "kept", "balance": "bal", "agree": "agree", "loss_mim": "mim",
                "loss_align": "align", "lr": "lr"}
-LINES_PER_EPOCH = 10  # plain (non-terminal) output: about this many progress lines per epoch
+LINES_PER_EPOCH = 10  # plain (non-terminal) output: at most this many progress lines per epoch...
+PLAIN_SECONDS = 10.0  # ...and at most one per this many seconds: a log grows by epochs, not by steps
 
 
 def format_stats(stats: dict[str, float]) -> str:
     """The step's health signals in under 80 characters ("loss 1.234 kept 0.500 ... lr 1.2e-05")."""
     return " ".join(f"{label} {stats[key]:.1e}" if key == "lr" else f"{label} {stats[key]:.3f}"
                     for key, label in STAT_LABELS.items() if key in stats)
+
+
+WORD = re.compile(r"\S*`[^`]*`\S*|\S+")  # a word, or a `command` in backticks with its punctuation
+
+
+def wrap_words(text: str, width: int) -> list[str]:
+    """Lines of at most ``width`` columns, broken at spaces; a `command` to copy is never broken.
+
+    A word or command longer than ``width`` gets a line of its own (the terminal folds it, unsplit).
+    """
+    lines: list[str] = []
+    line = ""
+    for word in WORD.findall(text):
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    return [*lines, line] if line else lines
+
+
+def emit(console: Console, message: str, label: str = "", style: str = "") -> None:
+    """One message, after a styled ``label`` ("warning:"): wrapped at words on a terminal, one line in logs."""
+    text = f"{label} {message}" if label else message
+    out = Text("\n".join(wrap_words(text, console.width)) if console.is_terminal else text)
+    if label:
+        out.stylize(style, 0, len(label))
+    console.print(out, highlight=False, soft_wrap=True)
 
 
 def clock(seconds: float) -> str:
@@ -55,16 +86,18 @@ class Reporter:
         self._epoch = (0, 0, 0, 0)  # epoch (1-based), epochs, steps in the epoch, steps done when it started
         self._started = 0.0
         self._every = 1
+        self._last = (0, 0.0)  # plain output: step and time of the last line printed
 
     def info(self, message: str) -> None:
-        self.console.print(escape(message), highlight=False, soft_wrap=True)
+        emit(self.console, message)
 
     def warn(self, message: str) -> None:
-        self.console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        emit(self.console, message, "warning:", "yellow")
 
     def start_epoch(self, epoch: int, epochs: int, total: int, done: int = 0) -> None:
         self._epoch, self._started = (epoch + 1, epochs, total, done), time.monotonic()
         self._every = max(1, total // LINES_PER_EPOCH)
+        self._last = (done, self._started)
         if not self.console.is_terminal:
             return
         self.progress = _TwoLineProgress(
@@ -80,9 +113,11 @@ class Reporter:
             self.progress.update(self.task, completed=completed)
             return
         epoch, epochs, total, done_before = self._epoch
-        if completed % self._every and completed != total:
-            return
-        elapsed = time.monotonic() - self._started
+        now = time.monotonic()
+        if completed - self._last[0] < self._every or now - self._last[1] < PLAIN_SECONDS:
+            return  # whichever is rarer; the epoch's summary line follows its last step anyway
+        self._last = (completed, now)
+        elapsed = now - self._started
         rate = (completed - done_before) / elapsed if elapsed > 0 else 0.0
         eta = clock((total - completed) / rate) if rate > 0 else "?"
         self.console.print(f"epoch {epoch}/{epochs} step {completed}/{total} {clock(elapsed)} eta {eta} "

@@ -23,17 +23,61 @@ STATS = {"loss": 1.2345, "kept": 0.5, "balance": 0.9876, "agree": 0.75, "loss_mi
 COMMANDS = ["adapt", "eval", "predict", "export", "init"]
 
 
-def test_log_output_is_one_plain_line_every_few_steps():
+def test_log_output_is_one_plain_line_every_few_steps(monkeypatch):
+    """Without a terminal: a line per N steps (a tenth of the epoch) or per 10 s, whichever is rarer (issue 21, item 15)."""
+    import must_cli.progress as progress
+
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
     out = io.StringIO()
     reporter = Reporter(Console(file=out, force_terminal=False, width=80))
     reporter.start_epoch(0, 3, 100)
     for step in range(1, 101):
+        now[0] += 0.5  # 2 steps a second: 10 s is the rarer of the two
         reporter.update(step, STATS)
     reporter.end_epoch()
     lines = out.getvalue().splitlines()
-    assert len(lines) == 10  # every 10th of 100 steps, the last included
-    assert re.fullmatch(r"epoch 1/3 step 100/100 \d:\d\d:\d\d eta \S+ loss 1\.234 kept 0\.500 bal 0\.988 "
-                        r"agree 0\.750 mim 0\.123 align 0\.457 lr 1\.5e-05", lines[-1]), lines[-1]
+    assert len(lines) == 5, lines  # steps 20, 40, 60, 80, 100: 10 s apart, though 10 steps come every 5 s
+    assert re.fullmatch(r"epoch 1/3 step 20/100 0:00:10 eta 0:00:40 loss 1\.234 kept 0\.500 bal 0\.988 "
+                        r"agree 0\.750 mim 0\.123 align 0\.457 lr 1\.5e-05", lines[0]), lines[0]
+    out.truncate(0), out.seek(0)
+    reporter.start_epoch(1, 3, 100)
+    for step in range(1, 101):
+        now[0] += 60  # slow steps: one line per 10 steps, not one per step
+        reporter.update(step, STATS)
+    assert len(out.getvalue().splitlines()) == 10
+
+
+def test_terminal_messages_wrap_at_words_and_never_split_a_command():
+    """At 80 columns a long warning breaks between words, and a command to copy stays on one line (item 11)."""
+    out = io.StringIO()
+    reporter = Reporter(Console(file=out, force_terminal=True, width=80, color_system=None))
+    reporter.warn("cannot decode photos/holiday/2019/IMG_0001.jpg (Truncated File Read): another image was used in "
+                  "its place; replace or remove it")
+    reporter.info("stopped by SIGINT at step 12: checkpoint saved; continue with "
+                  "`must adapt --resume runs/20261207-120000-with-a-long-name`")
+    lines = out.getvalue().splitlines()
+    assert all(len(line) <= 80 for line in lines), lines
+    words = " ".join(lines).split()
+    assert "(Truncated" in words and "File" in words and "Read):" in words, lines
+    assert any("`must adapt --resume runs/20261207-120000-with-a-long-name`" in line for line in lines), lines
+    plain = io.StringIO()
+    Reporter(Console(file=plain, force_terminal=False, width=80)).warn("x " * 60)
+    assert len(plain.getvalue().splitlines()) == 1  # logs keep one line per message
+
+
+@pytest.mark.parametrize("command", [*COMMANDS, "report"])
+def test_help_text_has_no_empty_defaults_odd_metavars_or_mixed_case(command):
+    """Issue 21, item 12: no `[default: ]`, no `[[DIRECTORY]]`, no `<str>`; every option's help starts upper-case."""
+    import click
+    import typer.main
+
+    text = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "80"}).output
+    assert "[default: ]" not in text and "[[" not in text and "<str>" not in text and "<int>" not in text, text
+    cmd = typer.main.get_command(app).commands[command]
+    for param in cmd.params:
+        if isinstance(param, click.Option) and param.help:
+            assert param.help[0].isupper(), f"{command} {param.opts[0]}: {param.help!r}"
 
 
 def test_terminal_bar_fits_80_columns_with_metrics_on_their_own_line():
@@ -56,10 +100,10 @@ def test_summary_goes_to_stdout_without_empty_accuracy_columns(adapted_run, tmp_
                                  "--output", str(tmp_path / "run")], env={"COLUMNS": "80"})
     assert r.exit_code == 0, r.output
     assert "model written to" in r.stdout and "model written to" not in r.stderr
-    assert "epoch 1/1 step 3/3" in r.stderr  # progress (plain, not a terminal) stays on stderr
-    table = [line for line in r.stdout.splitlines() if not line.startswith("model written to")]
-    assert "top-1" not in r.stdout and all(len(line) <= 80 for line in table)
-    assert [c.strip() for c in table[2].strip("┃").split("┃")] == ["epoch", "loss", "kept", "balance", "agree"]
+    assert "epoch 1: loss" in r.stderr  # progress (plain, not a terminal) stays on stderr
+    table = [line for line in r.stdout.splitlines() if line[:1] in "┏┃┡│└"]
+    assert "top-1" not in "".join(table) and all(len(line) <= 80 for line in table)
+    assert [c.strip() for c in table[1].strip("┃").split("┃")] == ["epoch", "loss", "kept", "balance", "agree"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -80,15 +124,51 @@ def test_adapt_help_shows_defaults_and_the_learning_rate_unit():
     assert "adapt [OPTIONS] [IMAGES]" in text
     for flag, default in (("--epochs", "30"), ("--batch-size", "64"), ("--seed", "0"), ("--keep-checkpoints", "1")):
         assert re.search(re.escape(flag) + r" N .*?\[default: " + default + r"\]", text), flag
-    assert "--base-lr, --lr LR learning rate per 256 images" in text
+    assert "--base-lr, --lr LR Learning rate per 256 images" in text
     assert "--grad-checkpointing / --no-grad-checkpointing" in text and "trade compute for memory" in text
 
 
-def test_version():
+def test_version_names_the_stack_the_device_and_the_cache():
+    """Issue 21 item 2 / issue 20 item 7: what a bug report needs, from `must --version`."""
     from must_cli import __version__
 
     r = CliRunner().invoke(app, ["--version"])
-    assert r.exit_code == 0 and r.output.strip() == f"must-cli {__version__}"
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[0] == f"must-cli {__version__}"
+    text = "\n".join(lines)
+    for needle in ("torch 2.", "torchvision 0.", "open_clip_torch ", "CUDA ", "GPU: none seen", "device: cpu",
+                   "bf16:", "torch.compile:", "fused AdamW:", "weights cache:"):
+        assert needle in text, (needle, text)
+    assert "mismatch" not in text
+
+
+def fake_packages(tmp_path, **modules: str) -> dict[str, str]:
+    """An environment whose PYTHONPATH puts modules (name -> source) ahead of the real ones."""
+    fake = tmp_path / "fake"
+    fake.mkdir(exist_ok=True)
+    for name, source in modules.items():
+        (fake / f"{name}.py").write_text(source)
+    return {"PYTHONPATH": os.pathsep.join([str(fake), os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.mark.parametrize("module, error", [
+    ("torchvision", "RuntimeError('operator torchvision::nms does not exist')"),
+    ("torch", "ImportError('libtorch_cpu.so: cannot open shared object file')"),
+    ("open_clip", "ImportError('cannot import name x from timm')"),
+])
+def test_a_broken_torch_stack_is_one_line_with_versions_and_the_fix(tmp_path, adapted_run, labeled_images, module,
+                                                                    error):
+    """The issue's `operator torchvision::nms does not exist` (a torch/torchvision mismatch), simulated."""
+    env = fake_packages(tmp_path, **{module: f"raise {error}\n"})
+    proc, _ = run_must(["eval", str(labeled_images), "--model", str(adapted_run), "--workers", "0"], tmp_path, **env)
+    err = proc.stderr.strip()
+    assert proc.returncode == 1 and "\n" not in err and "Traceback" not in err, err
+    assert err.startswith(f"error: cannot import {module}") and error.split("(")[1][1:20] in err, err
+    assert "torch 2." in err and "torchvision 0." in err and "open_clip_torch " in err, err  # versions from metadata
+    assert "pip install --force-reinstall" in err, err
+    version, _ = run_must(["--version"], tmp_path, **env)
+    assert version.returncode == 0 and f"cannot import {module}" in version.stdout, version.stdout
 
 
 def run_must(args: list[str], tmp_path, **env: str) -> tuple[subprocess.CompletedProcess, float]:
