@@ -248,11 +248,33 @@ def report(
     eval_dir: Optional[Path] = typer.Option(None, "--eval-dir", metavar="DIR", help="Labeled folder, one sub-folder per class (default: the run's)."),
     device: str = typer.Option(AUTO_DEVICE, "--device", metavar="NAME", help="Device: auto, cpu, cuda or cuda:N."),
 ) -> None:
-    """Rebuild RUN/report.html: curves, label changes, example images and a label-free estimate of the gain."""
+    """Rebuild RUN/report.html: curves, label changes, example images, the share of changed labels and the verified gain."""
     from must_cli.report import build_report
 
     path = build_report(run, images, eval_dir, device, warn=lambda m: err_console.print(f"[yellow]warning:[/] {escape(m)}"))
     Console(highlight=False, soft_wrap=True).print(escape(str(path)))
+
+
+@app.command(cls=MustCommand, short_help="Check the gain with a few labels (a local page).")
+@one_line_errors
+def verify(
+    run: Path = typer.Argument(..., metavar="RUN", help="Run folder written by `must adapt`."),
+    labels: Optional[Path] = typer.Option(None, "--labels", metavar="FILE", help="Use labels you have: a CSV with an image,class header (paths absolute or relative to the run's images)."),
+    list_count: Optional[int] = typer.Option(None, "--list", metavar="N", help="Write the next N images to label to RUN/to-label.csv (fill in class, pass it to --labels)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="Also write the summary as JSON (gains in accuracy points)."),
+    choose: Optional[str] = typer.Option(None, "--choose", metavar="MODEL", help="Ship zero-shot or adapted from this run (the other is kept); records the verified gain."),
+    no_browser: bool = typer.Option(False, "--no-browser", help="Print the page's URL without opening a browser."),
+    port: int = typer.Option(0, "--port", metavar="N", help="Port on 127.0.0.1 (0: a free one)."),
+    images: Optional[Path] = typer.Option(None, "--images", metavar="DIR", help="The run's images, if they moved."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (only for runs made before adapt saved its labels)."),
+) -> None:
+    """Verify whether adaptation helped: label a few images whose label changed, in a local page; get the gain and its 90% interval."""
+    from must_cli.cli_format import show_verify_summary
+    from must_cli.verify import VerifyRequest, run_verify
+
+    req = VerifyRequest(run, images, labels, list_count, json_out, choose, not no_browser, port, device)
+    say = lambda m: err_console.print(escape(m), highlight=False, soft_wrap=True)  # noqa: E731
+    show_verify_summary(run_verify(req, lambda url: say(f"verify page: {url}\n(answers are saved at once; Ctrl-C here ends)"), say), json_out)
 
 
 def run() -> None:

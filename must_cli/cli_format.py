@@ -125,6 +125,41 @@ def show_adapt_summary(result: Any, with_eval: bool) -> None:
     if result.class_prior and result.class_prior["source"] != "uniform":
         from must_cli.priors import describe  # torch is loaded by now: adapt ran
         out.info(f"class prior {describe(result.class_prior)}")
+    show_next_steps(out, result)
+
+
+def show_next_steps(out: Reporter, result: Any) -> None:
+    """adapt's last lines: where the report is, and how to know whether adaptation helped (labels, not a guess)."""
+    from must_cli.verify_stats import labels_for_margin
+
+    out.info(f"report: {result.run_dir / 'report.html'}")
+    if result.changed is None:
+        return
+    changed, predicted = result.changed
+    share = changed / predicted if predicted else 0.0
+    if not changed:
+        out.info("no label changed on the run's images: adaptation cannot have changed accuracy on them")
+        return
+    out.info(f"adaptation changed {changed:,} of {predicted:,} labels ({100 * share:.1f}%); whether it helped is not "
+             f"known without labels: run `must verify {result.run_dir}` and answer about "
+             f"{labels_for_margin(share, changed)} of them for the gain to +-2 points")
+
+
+def show_verify_summary(result: Any, json_out: Any = None) -> None:
+    """`must verify`'s summary on stdout: the same lines the page shows, then what was done or can be done."""
+    out = Console(highlight=False, soft_wrap=True)
+    for line in [*result.lines, *(f"note: {n}" for n in result.notes)]:
+        out.print(escape(line))
+    if result.listed:
+        out.print(escape(f"wrote {result.listed}: fill in the class column, then `must verify {result.run} "
+                         f"--labels {result.listed}`"))
+    if result.chosen:
+        out.print(escape(result.chosen))
+    if result.suggestion:
+        out.print(escape(f"the adapted model is verified to be worse: ship zero-shot instead with `{result.suggestion}` "
+                         "(the adapted model is kept beside it)"))
+    if json_out:
+        out.print(escape(f"summary written to {json_out}"))
 
 
 def version_lines(env: Environment) -> list[str]:

@@ -173,6 +173,14 @@ class RunFolder:
         self.close()
 
 
+class FolderLock(RunFolder):
+    """A finished run folder's lock alone, held by a command that changes it (`must verify`): no plan to check."""
+
+    def __init__(self, path: Path):
+        self.path, self._lock = path, -1
+        self._lock = _lock(path)
+
+
 def _create_unique(folder: Path) -> Path:
     """``folder``, or ``folder-2``, ``folder-3``...: created atomically, so two runs never share one."""
     for n in range(1, 1000):
