@@ -125,7 +125,7 @@ def test_adapt_help_shows_defaults_and_the_learning_rate_unit():
     for flag, default in (("--epochs", "30"), ("--batch-size", "64"), ("--seed", "0"), ("--keep-checkpoints", "1")):
         assert re.search(re.escape(flag) + r" N .*?\[default: " + default + r"\]", text), flag
     assert "--base-lr, --lr LR Learning rate per 256 images" in text
-    assert "--grad-checkpointing / --no-grad-checkpointing" in text and "trade compute for memory" in text
+    assert "--grad-checkpointing / --no-grad-checkpointing" in text and "Trade compute for memory" in text
 
 
 def test_version_names_the_stack_the_device_and_the_cache():
