@@ -1,6 +1,6 @@
 """How often bf16 autocast changes the teacher's decision (pseudo-label or keep at tau), before and after the fp32 head.
 
-    python benchmarks/bf16_flips.py [--images 512] [--threshold 0.7]
+    python -m benchmarks.bf16_flips [--images 512] [--threshold 0.7]
 
 The stand-in CLIP (cifar10-tinyclip) labels CIFAR-10 test images three ways: fp32 (the
 reference, as the authors' code runs), bf16 autocast with the head in bf16 as must-cli did
@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from benchmarks.common import CIFAR, SHARED
 from must_cli.evaluate import labeled_images
 from must_cli.model import MustModel, build_must_model
 from must_cli.views import eval_view
 from must_cli.images import load_rgb
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -64,7 +64,7 @@ def main() -> None:
     model, pre = build_must_model(f"local-dir:{args.shared / 'models' / 'cifar10-tinyclip'}", None, CLASSES,
                                   ["a photo of a {}."], torch.device("cpu"))
     model.eval()
-    paths = labeled_images(Path(__file__).resolve().parents[2] / "data" / "cifar10" / "test", CLASSES, lambda m: None)[0]
+    paths = labeled_images(CIFAR / "test", CLASSES, lambda m: None)[0]
     paths = paths[:: max(1, len(paths) // args.images)][: args.images]
     view = eval_view(pre)
     images = torch.stack([view(load_rgb(p)) for p in paths])

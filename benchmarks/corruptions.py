@@ -9,7 +9,7 @@ one per image from a stable hash, so a corrupted folder is reproducible bit for 
 Like the original, float results are clipped to [0, 255] and truncated (``np.uint8``), not
 rounded.
 
-    python benchmarks/corruptions.py SRC DST --corruption gaussian_noise --severity 5 [--seed 0]
+    python -m benchmarks.corruptions SRC DST --corruption gaussian_noise --severity 5 [--seed 0]
 """
 
 from __future__ import annotations

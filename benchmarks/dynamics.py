@@ -9,7 +9,7 @@ The views come from MustConfig like `must adapt`'s: set them with --cfg (e.g.
 none; "low_res_max_size": 0 for the paper's view at 32 px); --freeze-cls freezes the text-built
 classifier.
 
-    python benchmarks/dynamics.py --model SHARED/models/cifar10-tinyclip --pool POOL \\
+    python -m benchmarks.dynamics --model SHARED/models/cifar10-tinyclip --pool POOL \\
         --test TEST_BY_CLASS --lr 2.5e-5 --epochs 8 --eval-every 30 --cfg '{"mim": false, "align": false}'
 
 Each run prints (step, teacher top-1, student top-1, kept share, agreement) rows and one

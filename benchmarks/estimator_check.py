@@ -23,28 +23,24 @@ Runs come from two places:
 The estimator was chosen before any of this was measured (docs/method.md, "Label-free accuracy
 estimate"); nothing here is tuned on these labels.
 
-    python benchmarks/estimator_check.py --corruptions gaussian_noise defocus_blur contrast
-    python benchmarks/estimator_check.py --proxy-runs benchmarks/_work/runs/quick-xxxx
+    python -m benchmarks.estimator_check --corruptions gaussian_noise defocus_blur contrast
+    python -m benchmarks.estimator_check --proxy-runs benchmarks/_work/runs/quick-xxxx
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import statistics
-import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-from corruptions import corrupt_folder  # noqa: E402  (sibling scripts, not a package)
-from proxy import SHARED_MODELS, SHARED_POOL_SKIP as POOL_SKIP, SEVERITY, link_labeled, materialize, model_inputs, must  # noqa: E402
+from benchmarks.common import (CIFAR, REPO, SEVERITY, SHARED, SHARED_MODELS, SHARED_POOL_SKIP as POOL_SKIP, link_labeled,
+                               log, materialize, model_inputs, must, provenance, write_json)
+from benchmarks.corruptions import corrupt_folder
 
 # Plain self-training at a high lr moves accuracy by points (up under shift, down in-domain), which the
 # sign target needs; the preset's MUST barely moves it (docs/benchmarks.md) and is run in-domain only.
@@ -69,8 +65,8 @@ class Run:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="folder with models/")
-    p.add_argument("--cifar", type=Path, default=REPO.parent / "data" / "cifar10", help="CIFAR-10 {train,test}/<class>/")
+    p.add_argument("--shared", type=Path, default=SHARED, help="folder with models/")
+    p.add_argument("--cifar", type=Path, default=CIFAR, help="CIFAR-10 {train,test}/<class>/")
     p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "_work" / "estimator")
     p.add_argument("--per-class", type=int, default=80, help="images per class in each of its own settings")
     p.add_argument("--make-runs", action=argparse.BooleanOptionalAction, default=True)
@@ -103,7 +99,7 @@ def make_runs(args: argparse.Namespace) -> list[Run]:
         for variant, flags in variants.items():
             folder = runs / name.replace(":", "-") / variant
             if not (folder / "model.safetensors").exists():
-                print(f"adapting {name} / {variant} ...", file=sys.stderr, flush=True)
+                log(f"adapting {name} / {variant} ...")
                 folder.mkdir(parents=True, exist_ok=True)
                 must(["adapt", str(labeled), "--classes", str(classes), "--templates", str(templates), "--model", model,
                       "--output", str(folder), "--seed", "0", "--no-guard", "--device", "cpu", "--workers", "1",
@@ -132,7 +128,7 @@ def measure(run: Run, sample: int) -> dict:
     import numpy as np
     import torch
 
-    from agreement_estimate import estimate_accuracy, estimate_gain, predict_views
+    from benchmarks.agreement_estimate import estimate_accuracy, estimate_gain, predict_views
     from must_cli.evaluate import labeled_images
     from must_cli.report_data import evenly, load_models, read_run
 
@@ -198,13 +194,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     for run in runs:
         rows.append(measure(run, args.sample))
         r = rows[-1]
-        print(f"{run.name}: gain true {r['true_gain']:+.1f}, estimated {r['est_gain']:+.1f}", file=sys.stderr, flush=True)
+        log(f"{run.name}: gain true {r['true_gain']:+.1f}, estimated {r['est_gain']:+.1f}")
     s = summarize(rows)
     md = markdown(rows, s)
-    report = {"command": shlex.join(["python", *sys.argv]), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "machine": {"platform": platform.platform(), "python": platform.python_version()},
-              "seconds": round(time.time() - start, 1), "summary": s, "rows": rows}
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    report = {**provenance("benchmarks.estimator_check", argv), "seconds": round(time.time() - start, 1),
+              "summary": s, "rows": rows}
+    write_json(args.json, report)
     if args.markdown:
         args.markdown.write_text(md)
     print(md, end="")

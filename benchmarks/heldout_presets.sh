@@ -11,24 +11,25 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 shared="$(realpath "${1:-$root/../shared}")"
 cifar="$(realpath "${2:-$root/../data/cifar10}")"
 work="$(realpath -m "${3:-$root/benchmarks/_work/heldout}")"
-mkdir -p "$work" && cd "$work"
-python - "$root/benchmarks" "$cifar" "$shared" <<'PY'
+mkdir -p "$work"
+cd "$root"  # so that `benchmarks` imports as a package
+python - "$work" "$cifar" "$shared" <<'PY'
 import sys
 from pathlib import Path
-sys.path.insert(0, sys.argv[1])
-import proxy
-from corruptions import corrupt_folder
-cifar, shared = Path(sys.argv[2]), Path(sys.argv[3])
-pool = proxy.balanced_subset(cifar / "train", 1000, skip=2000)
-test = proxy.balanced_subset(cifar / "test", 1000, skip=200)
-proxy.materialize(Path("pool"), lambda d: proxy.link_flat(pool, d))
-proxy.materialize(Path("test"), lambda d: proxy.link_labeled(test, d))
-proxy.materialize(Path("fog"), lambda d: corrupt_folder(Path("test"), d, "fog", 5, seed=0))
-fog = sorted(p for p in Path("fog").glob("*/*") if p.is_file())
-proxy.materialize(Path("fog-flat"), lambda d: proxy.link_flat(fog, d))
+from benchmarks.common import balanced_subset, link_flat, link_labeled, materialize, model_inputs
+from benchmarks.corruptions import corrupt_folder
+work, cifar, shared = (Path(a) for a in sys.argv[1:4])
+pool = balanced_subset(cifar / "train", 1000, skip=2000)
+test = balanced_subset(cifar / "test", 1000, skip=200)
+materialize(work / "pool", lambda d: link_flat(pool, d))
+materialize(work / "test", lambda d: link_labeled(test, d))
+materialize(work / "fog", lambda d: corrupt_folder(work / "test", d, "fog", 5, seed=0))
+fog = sorted(p for p in (work / "fog").glob("*/*") if p.is_file())
+materialize(work / "fog-flat", lambda d: link_flat(fog, d))
 for m in ("tinyclip", "tinyclip-full"):  # prompts/cifar10-<m>/{classes,templates}.txt from its proxy_info
-    proxy.model_inputs(Path("."), "indomain", shared / "models" / f"cifar10-{m}")
+    model_inputs(work, "indomain", shared / "models" / f"cifar10-{m}")
 PY
+cd "$work"
 for setting in tinyclip:pool:test tinyclip-full:fog-flat:fog; do
     IFS=: read -r m pool test <<< "$setting"
     model="local-dir:$shared/models/cifar10-$m"

@@ -8,36 +8,31 @@ on a balanced test set. Every run goes through the real command line (``must ada
 ``must eval``) with the same preset; nothing is tuned on test labels (EM has no knobs). The
 estimate's total-variation distance to the pool's true class shares is reported per setting.
 
-    python benchmarks/longtail.py                      # ~15 min on a 2-core CPU (one seed)
-    python benchmarks/longtail.py --device cuda --seeds 0 1 2
+    python -m benchmarks.longtail                      # ~15 min on a 2-core CPU (one seed)
+    python -m benchmarks.longtail --device cuda --seeds 0 1 2
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import random
-import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy import SHARED_MODELS, SHARED_POOL_SKIP as POOL_SKIP, link_flat, link_labeled, log, materialize, model_inputs, must  # noqa: E402
+from benchmarks.common import (CIFAR, REPO, SHARED, SHARED_MODELS, SHARED_POOL_SKIP as POOL_SKIP, device_args, evaluate,
+                               link_flat, link_labeled, log, materialize, model_inputs, must, provenance, write_json,
+                               zero_shot_args)
+from must_cli.checkpoint import read_metadata
 
-from must_cli.checkpoint import atomic_write_text, read_metadata  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
 PRIORS = ("uniform", "estimate")
 TARGET_GAIN_LT, TARGET_BALANCED_GAP = 3.0, 0.5  # points; from issue 12
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="folder with models/")
-    p.add_argument("--data", type=Path, default=REPO.parent / "data" / "cifar10", help="CIFAR-10 {train,test}/<class>/")
+    p.add_argument("--shared", type=Path, default=SHARED, help="folder with models/")
+    p.add_argument("--data", type=Path, default=CIFAR, help="CIFAR-10 {train,test}/<class>/")
     p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "_work" / "longtail")
     p.add_argument("--imbalances", nargs="+", type=float, default=[1, 10, 100], help="1 is the balanced folder")
     p.add_argument("--pool-images", type=int, default=1250, help="about this many pool images per setting")
@@ -77,16 +72,9 @@ def long_tailed(split: Path, order: list[str], counts: list[int], skip: int) -> 
     return out
 
 
-def evaluate(folder: Path, test: Path, name: str, inp: tuple, device: list[str], logfile: Path,
-             zero_shot: bool = False) -> dict:
-    out = folder / f"eval-{name}.json"
-    if not out.exists():
-        model, classes, templates = inp
-        cmd = ["eval", str(test), "--output", str(out), *device]
-        cmd += ["--zero-shot", "--model", model, "--classes", str(classes), "--templates", str(templates)] \
-            if zero_shot else ["--model", str(folder)]
-        must(cmd, logfile)
-    res = json.loads(out.read_text())
+def scores(labeled: Path, out: Path, model_args: list[str], device: str | None, logfile: Path) -> dict:
+    """Top-1 and mean per-class accuracy (points) of one `must eval`, run once."""
+    res = evaluate(labeled, out, model_args, device, logfile)
     return {"top1": 100 * res["top1"], "mean_per_class": 100 * res["mean_per_class"]}
 
 
@@ -149,8 +137,7 @@ def estimate_setting(imbalance: float, args: argparse.Namespace, inp: tuple, ord
     }
 
 
-def run_setting(imbalance: float, args: argparse.Namespace, inp: tuple, order: list[str], balanced: Path,
-                device: list[str]) -> dict:
+def run_setting(imbalance: float, args: argparse.Namespace, inp: tuple, order: list[str], balanced: Path) -> dict:
     """Zero-shot, then MUST with each prior per seed, on this setting's LT test and the balanced test."""
     tag = f"if{imbalance:g}"
     pool, lt_test, pool_counts, test_counts = setting_data(imbalance, args, order, balanced)
@@ -159,10 +146,11 @@ def run_setting(imbalance: float, args: argparse.Namespace, inp: tuple, order: l
     runs.mkdir(parents=True, exist_ok=True)
     row: dict = {"imbalance": imbalance, "pool_images": sum(pool_counts), "pool_counts": dict(zip(order, pool_counts)),
                  "lt_test_images": sum(test_counts), "variants": {}}
-    zs = {"lt": evaluate(runs, lt_test, "zero-shot-lt", inp, device, runs / "log.txt", zero_shot=True),
-          "balanced": evaluate(runs, balanced, "zero-shot-balanced", inp, device, runs / "log.txt", zero_shot=True)}
-    row["variants"]["zero-shot"] = {"seeds": {"-": zs}}
     model, classes, templates = inp
+    zs_args, logfile = zero_shot_args(model, classes, templates), runs / "log.txt"
+    zs = {"lt": scores(lt_test, runs / "eval-zero-shot-lt.json", zs_args, args.device, logfile),
+          "balanced": scores(balanced, runs / "eval-zero-shot-balanced.json", zs_args, args.device, logfile)}
+    row["variants"]["zero-shot"] = {"seeds": {"-": zs}}
     for prior in PRIORS:
         per_seed = {}
         for seed in args.seeds:
@@ -171,9 +159,10 @@ def run_setting(imbalance: float, args: argparse.Namespace, inp: tuple, order: l
                 log(f"{tag} {prior} seed {seed}: adapting on {sum(pool_counts)} images")
                 must(["adapt", str(pool), "--classes", str(classes), "--templates", str(templates), "--model", model,
                       "--output", str(folder), "--seed", str(seed), "--preset", args.preset, "--class-prior", prior,
-                      *args.adapt_args.split(), *device], runs / f"log-{prior}-{seed}.txt")
-            res = {"lt": evaluate(folder, lt_test, "lt", inp, device, runs / "log.txt"),
-                   "balanced": evaluate(folder, balanced, "balanced", inp, device, runs / "log.txt")}
+                      *args.adapt_args.split(), *device_args(args.device)], runs / f"log-{prior}-{seed}.txt")
+            adapted = ["--model", str(folder)]
+            res = {"lt": scores(lt_test, folder / "eval-lt.json", adapted, args.device, logfile),
+                   "balanced": scores(balanced, folder / "eval-balanced.json", adapted, args.device, logfile)}
             meta = read_metadata(folder)
             shares = meta["class_prior"]["shares"]
             res["prior_tv"] = 0.5 * sum(abs(shares[c] - true[c]) for c in order)
@@ -232,34 +221,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     classes = Path(inp[1]).read_text().split("\n")[:-1]
     order = classes[:]
     random.Random(0).shuffle(order)  # which class is the head: fixed, not alphabetical
-    device = ["--device", args.device] if args.device else ["--device", "cpu", "--workers", "1"]
     per_class = args.balanced_test
     balanced = materialize(args.work / "data" / "balanced-test", lambda d: link_labeled(
         long_tailed(args.data / "test", order, [per_class] * len(order), 0), d))
     if args.estimate_only:
         rows = [estimate_setting(imbalance, args, inp, order, balanced) for imbalance in args.imbalances]
-        atomic_write_text(args.json, json.dumps({
-            "command": "python benchmarks/longtail.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "class_order": order,
-            "machine": {"platform": platform.platform(), "python": platform.python_version(), "device": "cpu"},
-            "rows": rows}, indent=1) + "\n")
+        write_json(args.json, {**provenance("benchmarks.longtail", argv), "class_order": order, "rows": rows}, indent=1)
         for r in rows:
             print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items() if k != "em_prior"})
         return
     rows = []
     for imbalance in args.imbalances:
-        row = run_setting(imbalance, args, inp, order, balanced, device)
+        row = run_setting(imbalance, args, inp, order, balanced)
         row["summary"] = summarize(row)
         rows.append(row)
     result = {
-        "command": "python benchmarks/longtail.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "device": args.device or "cpu"},
-        "class_order": order, "seeds": args.seeds, "preset": args.preset, "adapt_args": args.adapt_args,
+        **provenance("benchmarks.longtail", argv, args.device), "class_order": order, "seeds": args.seeds, "preset": args.preset, "adapt_args": args.adapt_args,
         "wall_seconds": round(time.time() - start, 1), "rows": rows, "targets": targets(rows),
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.json, json.dumps(result, indent=1) + "\n")
+    write_json(args.json, result, indent=1)
     print(markdown(rows))
     print("\n".join(f"- {t}" for t in result["targets"]))
 

@@ -16,7 +16,7 @@ that gap is what MUST recovers without labels. This script builds that property 
 Train files outside both slices (``proxy_info.unlabeled_pool``, ``proxy_info.validation``)
 are never seen in any form. Output: an open_clip ``local-dir:`` folder (fp16 weights).
 
-    python benchmarks/make_standin.py --out benchmarks/models/cifar10-standin [--init local-dir:...] [--device cuda]
+    python -m benchmarks.make_standin --out benchmarks/models/cifar10-standin [--init local-dir:...] [--device cuda]
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ Every variant uses the same hyperparameters (``--preset``, ``--epochs``, ``--ada
 nothing is tuned per setting on test labels. Each finished run leaves a ``result.json`` in
 the work folder and is skipped when the script is started again, so a long run can be resumed.
 
-    python benchmarks/proxy.py --quick            # about an hour on an idle 2-core CPU (one seed: see docs/benchmarks.md)
-    python benchmarks/proxy.py --device cuda      # full size
+    python -m benchmarks.proxy --quick            # about an hour on an idle 2-core CPU (one seed: see docs/benchmarks.md)
+    python -m benchmarks.proxy --device cuda      # full size
 """
 
 from __future__ import annotations
@@ -27,37 +27,29 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import platform
 import shlex
-import shutil
 import statistics
-import subprocess
-import sys
-import tarfile
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from must_cli.checkpoint import atomic_write_text, read_metadata
 from must_cli.config import load_preset
 from must_cli.errors import MustError
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from corruptions import CORRUPTIONS, corrupt_folder  # noqa: E402  (sibling script, not a package)
+if __package__:
+    from benchmarks.common import (DEV_CORRUPTIONS, MODELS, REPO, SEVERITY, SHARED, STANDIN, balanced_subset,  # noqa: F401
+                                   device_args, extract_cifar, link_flat, link_labeled, log, machine as machine_of,
+                                   materialize, model_inputs, must, provenance, train_slice, write_json, zero_shot_args)
+    from benchmarks.corruptions import CORRUPTIONS, corrupt_folder
+else:  # imported as `proxy` by preset_grid.py / verify_check.py run as files: goes when they import benchmarks.common
+    from common import (DEV_CORRUPTIONS, MODELS, REPO, SEVERITY, SHARED, STANDIN, balanced_subset,  # noqa: F401
+                        device_args, extract_cifar, link_flat, link_labeled, log, machine as machine_of,
+                        materialize, model_inputs, must, provenance, train_slice, write_json, zero_shot_args)
+    from corruptions import CORRUPTIONS, corrupt_folder
 
-REPO = Path(__file__).resolve().parents[1]
-STANDIN = REPO / "benchmarks" / "models" / "cifar10-standin"
-MODELS = {"indomain": STANDIN, "shift": STANDIN}  # one stand-in has both headrooms (its README)
 SETTINGS = tuple(MODELS)
-# The first round's stand-ins in <shared>/models, which the long-tail, warm-start and estimator
-# benchmarks were measured on: train files [0:500) of each class pretrained cifar10-tinyclip.
-SHARED_MODELS = {"indomain": "cifar10-tinyclip", "shift": "cifar10-tinyclip-full"}
-SHARED_POOL_SKIP = 500
-SHIFT_CORRUPTIONS = ("gaussian_noise", "defocus_blur", "contrast", "jpeg_compression", "pixelate")
-SEVERITY = 5
 VARIANT_FLAGS: dict[str, list[str]] = {
     "zero-shot": [], "st": ["--no-mim", "--no-align"], "st_mim": ["--no-align"], "must": [],
     "st_nofair": ["--no-mim", "--no-align", "--no-fairness"],
@@ -98,14 +90,14 @@ class Inputs:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="folder with models/ and data/")
+    p.add_argument("--shared", type=Path, default=SHARED, help="folder with models/ and data/")
     p.add_argument("--cifar", type=Path, help="an extracted cifar10/ folder (train/, test/) instead of <shared>/data's archive")
     p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "_work", help="data, runs and per-run results")
     p.add_argument("--quick", action="store_true", help="subsampled sizes for a 2-core CPU")
     p.add_argument("--validation", action="store_true", help="evaluate on unseen train files, not the test split")
     p.add_argument("--limit", type=int, help="at most N images per image set (smoke tests)")
     p.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
-    p.add_argument("--corruptions", nargs="+", choices=sorted(CORRUPTIONS), default=list(SHIFT_CORRUPTIONS))
+    p.add_argument("--corruptions", nargs="+", choices=sorted(CORRUPTIONS), default=list(DEV_CORRUPTIONS))
     p.add_argument("--variants", nargs="+", choices=list(VARIANT_FLAGS), default=list(VARIANT_FLAGS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--preset", default="tiny-images", help="must adapt --preset for every run ('' for none)")
@@ -138,13 +130,6 @@ def eval_files(cifar: Path, args: argparse.Namespace, setting: str, total: int |
     return train_slice(cifar, proxy_info(setting)["val_files"], total)
 
 
-def train_slice(cifar: Path, files: Sequence[int], total: int | None) -> list[Path]:
-    """Balanced ``total`` images (None: all) from train files [start:end) of each class."""
-    start, end = files
-    classes = sum(p.is_dir() for p in (cifar / "train").iterdir())
-    return balanced_subset(cifar / "train", min(total or 10**9, (end - start) * classes), skip=start)
-
-
 def hyper_args(args: argparse.Namespace) -> list[str]:
     """The adapt flags shared by every run; they name the runs folder so other settings never mix in."""
     flags = (["--preset", args.preset] if args.preset else []) + shlex.split(args.adapt_args)
@@ -157,78 +142,7 @@ def run_tag(args: argparse.Namespace) -> str:
     return hashlib.sha1((shlex.join(hyper_args(args)) + preset).encode()).hexdigest()[:8]
 
 
-def device_args(args: argparse.Namespace) -> list[str]:
-    return ["--device", args.device] if args.device else ["--device", "cpu", "--workers", "1"]
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 # ---------------------------------------------------------------- data
-
-
-def materialize(dst: Path, build: Callable[[Path], None]) -> Path:
-    """Build a folder once; a half-built one (no .done marker, e.g. after Ctrl-C) is rebuilt."""
-    if (dst / ".done").exists():
-        return dst
-    shutil.rmtree(dst, ignore_errors=True)
-    dst.mkdir(parents=True)
-    build(dst)
-    (dst / ".done").touch()
-    return dst
-
-
-def link(src: Path, dst: Path) -> None:
-    """Hard link (no extra disk), or copy where links are not allowed."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
-def balanced_subset(split: Path, total: int | None, skip: int = 0) -> list[Path]:
-    """The first ``total / classes`` files (sorted by name) of each class after ``skip``: deterministic."""
-    classes = sorted(p for p in split.iterdir() if p.is_dir())
-    per_class = None if total is None else max(1, total // len(classes))
-    return [f for c in classes for f in sorted(c.iterdir())[skip:][:per_class]]
-
-
-def link_labeled(files: Sequence[Path], dst: Path) -> None:
-    for f in files:
-        link(f, dst / f.parent.name / f.name)
-
-
-def link_flat(files: Sequence[Path], dst: Path) -> None:
-    """Unlabeled copy: names are hashes of <class>/<file>, so neither the name nor the order leaks the class."""
-    for f in files:
-        digest = hashlib.sha1(f"{f.parent.name}/{f.name}".encode()).hexdigest()[:16]
-        link(f, dst / f"{digest}{f.suffix}")
-
-
-def extract_cifar(shared: Path, work: Path) -> Path:
-    archive = shared / "data" / "cifar10-jpeg.tar.gz"
-    if not archive.is_file():
-        raise SystemExit(f"{archive} not found: pass --shared to the folder holding data/ and models/")
-
-    def build(dst: Path) -> None:
-        log(f"extracting {archive} ...")
-        with tarfile.open(archive, "r:gz") as tar:
-            tar.extractall(dst, filter="data")
-
-    return materialize(work / "cifar10-jpeg", build) / "cifar10"
-
-
-def model_inputs(work: Path, setting: str, folder: Path | None = None) -> tuple[str, Path, Path]:
-    """(local-dir spec, classes file, templates file) from the proxy_info of ``folder`` (default: the setting's stand-in)."""
-    folder = folder or MODELS[setting]
-    info = json.loads((folder / "open_clip_config.json").read_text())["proxy_info"]
-    out = work / "prompts" / folder.name
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "classes.txt").write_text("\n".join(info["classes"]) + "\n")
-    (out / "templates.txt").write_text("\n".join(info["templates"]) + "\n")
-    return f"local-dir:{folder}", out / "classes.txt", out / "templates.txt"
 
 
 def prepare(args: argparse.Namespace) -> dict[tuple[str, str | None], Inputs]:
@@ -265,21 +179,6 @@ def prepare(args: argparse.Namespace) -> dict[tuple[str, str | None], Inputs]:
 # ---------------------------------------------------------------- runs
 
 
-def must(argv: list[str], logfile: Path) -> float:
-    """Run `python -m must_cli ...`, output to a log; seconds taken, or exit with the log's tail."""
-    start = time.time()
-    with open(logfile, "a") as f:
-        f.write(f"$ {shlex.join(argv)}\n")
-        f.flush()
-        env = {**os.environ, "COLUMNS": "160"}  # readable tables in the log
-        code = subprocess.run([sys.executable, "-m", "must_cli", *argv], stdout=f, stderr=subprocess.STDOUT,
-                              env=env).returncode
-    if code:
-        tail = "".join(logfile.read_text().splitlines(keepends=True)[-15:])
-        raise SystemExit(f"`must {shlex.join(argv)}` failed (exit {code}); end of {logfile}:\n{tail}")
-    return round(time.time() - start, 1)
-
-
 def run_job(job: Job, inp: Inputs, args: argparse.Namespace, folder: Path) -> dict:
     """Adapt (unless zero-shot) then evaluate; the record that goes into result.json."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -288,16 +187,15 @@ def run_job(job: Job, inp: Inputs, args: argparse.Namespace, folder: Path) -> di
     seconds: dict[str, float] = {}
     commands = []
     if job.variant == "zero-shot":
-        evaluate = ["eval", str(inp.labeled), "--zero-shot", "--model", inp.model, "--classes", str(inp.classes),
-                    "--templates", str(inp.templates)]
+        evaluate = ["eval", str(inp.labeled), *zero_shot_args(inp.model, inp.classes, inp.templates)]
     else:
         adapt = ["adapt", str(inp.unlabeled), "--classes", str(inp.classes), "--templates", str(inp.templates),
                  "--model", inp.model, "--output", str(folder), "--seed", str(job.seed), *hyper_args(args),
-                 *VARIANT_FLAGS[job.variant], *device_args(args)]
+                 *VARIANT_FLAGS[job.variant], *device_args(args.device)]
         commands.append(adapt)
         seconds["adapt"] = must(adapt, logfile)
         evaluate = ["eval", str(inp.labeled), "--model", str(folder)]
-    evaluate += ["--output", str(folder / "eval.json"), *device_args(args)]
+    evaluate += ["--output", str(folder / "eval.json"), *device_args(args.device)]
     commands.append(evaluate)
     seconds["eval"] = must(evaluate, logfile)
     res = json.loads((folder / "eval.json").read_text())
@@ -416,13 +314,8 @@ def markdown(rows: list[dict], targets: list[dict], variants: Sequence[str], cap
 
 
 def machine(args: argparse.Namespace) -> dict:
-    import torch
-
-    info = {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "device": args.device or "cpu"}
-    if args.device and args.device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
+    """common.machine for callers that pass their arguments (preset_grid.py): goes when it calls common.machine."""
+    return machine_of(args.device)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -459,13 +352,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     if guarded:
         md += f"- the collapse guard shipped the zero-shot model in {guarded} adapted run(s)\n"
     report = {
-        "command": shlex.join(["python", *sys.argv]), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(args), "size": args.size, "sizes": sizes_of(args), "adapt_flags": hyper_args(args),
+        **provenance("benchmarks.proxy", argv, args.device), "size": args.size, "sizes": sizes_of(args),
+        "adapt_flags": hyper_args(args),
         "severity": SEVERITY, "seeds": args.seeds, "wall_seconds_this_invocation": round(time.time() - start, 1),
         "run_seconds_total": round(sum(sum(r["seconds"].values()) for r in records), 1),
         "rows": rows, "targets": targets, "runs": records,
     }
-    atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
+    write_json(args.json, report)
     if args.markdown:
         atomic_write_text(args.markdown, md)
     print(md, end="")

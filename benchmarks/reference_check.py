@@ -1,6 +1,6 @@
 """Step for step against the authors' code: one MUST training run of must-cli and of salesforce/MUST.
 
-    python benchmarks/reference_check.py --ref ../shared/reference/salesforce-MUST [--shape tiny|b16|all]
+    python -m benchmarks.reference_check --ref ../shared/reference/salesforce-MUST [--shape tiny|b16|all]
 
 Builds the reference ``VisionTransformer_MIM`` (its clip/model.py: [MSK], ln_patch, decoder) and
 must-cli's ``MustModel`` from the same random weights, runs the reference's own
@@ -82,13 +82,17 @@ def import_reference(ref: Path) -> dict[str, types.ModuleType]:
         for attr, value in attrs.items():
             if not hasattr(module, attr):
                 setattr(module, attr, value)
-    sys.path.insert(0, str(ref))
-    spec = importlib.util.spec_from_file_location("ref_clip_model", ref / "clip" / "model.py")
-    clip_model = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(clip_model)
-    mods = {n: importlib.import_module(n) for n in ("engine_self_training", "optim_factory", "ema", "utils",
-                                                     "build_dataset")}
-    return {"clip_model": clip_model, **mods}
+    mods = {n: _load(n, ref / f"{n}.py") for n in ("utils", "engine_self_training", "optim_factory", "ema",
+                                                    "build_dataset")}  # utils first: engine_self_training imports it
+    return {"clip_model": _load("ref_clip_model", ref / "clip" / "model.py"), **mods}
+
+
+def _load(name: str, path: Path) -> types.ModuleType:
+    """Import one file of the reference under ``name``, registered so that its siblings' ``import name`` finds it."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class RefClassifier(nn.Module):

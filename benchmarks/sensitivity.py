@@ -4,7 +4,7 @@ Each weight moves by +-delta x its layer-decay lr scale (what AdamW's first step
 delta), so a drop here would mean optimiser noise alone explains the decline under
 self-training; docs/benchmarks.md ("What we found") cites this run.
 
-    python benchmarks/sensitivity.py --model SHARED/models/cifar10-tinyclip-full --test CORRUPTED_TEST_BY_CLASS
+    python -m benchmarks.sensitivity --model SHARED/models/cifar10-tinyclip-full --test CORRUPTED_TEST_BY_CLASS
 """
 
 from __future__ import annotations

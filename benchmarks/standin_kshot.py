@@ -5,7 +5,7 @@ class, because zero-shot CLIP matches a 4-shot probe) is checked here: class-mea
 k images of the captioned slice, averaged over 5 draws, against a logistic-regression probe on
 2,000 pool images, all scored on the first 100 validation files of each class. Never the test split.
 
-    python benchmarks/standin_kshot.py benchmarks/models/cifar10-standin [--cifar ../data/cifar10]
+    python -m benchmarks.standin_kshot benchmarks/models/cifar10-standin [--cifar ../data/cifar10]
 """
 
 from __future__ import annotations
@@ -19,14 +19,15 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from make_standin import embed_images, load_split
-from standin_report import probe
+from benchmarks.common import CIFAR
+from benchmarks.make_standin import embed_images, load_split
+from benchmarks.standin_report import probe
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", type=Path)
-    p.add_argument("--cifar", type=Path, default=Path(__file__).resolve().parents[2] / "data" / "cifar10")
+    p.add_argument("--cifar", type=Path, default=CIFAR)
     p.add_argument("--shots", type=int, nargs="+", default=[1, 2, 4, 8, 16, 100])
     a = p.parse_args()
     info = json.loads((a.model / "open_clip_config.json").read_text())["proxy_info"]

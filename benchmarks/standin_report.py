@@ -14,7 +14,7 @@ anything), clean and under the five development corruptions (severity 5):
 
 Writes ``properties.json`` and ``properties.md`` into the model folder.
 
-    python benchmarks/standin_report.py benchmarks/models/cifar10-standin
+    python -m benchmarks.standin_report benchmarks/models/cifar10-standin
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,16 +30,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from benchmarks.common import CIFAR, DEV_CORRUPTIONS, SEVERITY
+from benchmarks.corruptions import CORRUPTIONS, image_seed
+from benchmarks.make_standin import MEAN, STD, class_embeddings, load_split, to_input
 from must_cli.config import MustConfig
 from must_cli.model import Preprocess
 from must_cli.views import strong_view
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from corruptions import CORRUPTIONS, image_seed  # noqa: E402  (sibling script)
-from make_standin import MEAN, STD, class_embeddings, load_split, to_input  # noqa: E402
-
-DEV_CORRUPTIONS = ("gaussian_noise", "defocus_blur", "contrast", "jpeg_compression", "pixelate")
-SEVERITY = 5
 
 
 def corrupt(images: np.ndarray, name: str) -> np.ndarray:
@@ -104,7 +99,7 @@ def agreement(model: open_clip.CLIP, head: torch.Tensor, images: np.ndarray, cfg
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", type=Path)
-    p.add_argument("--cifar", type=Path, default=Path(__file__).resolve().parents[2] / "data" / "cifar10")
+    p.add_argument("--cifar", type=Path, default=CIFAR)
     p.add_argument("--test-per-class", type=int, default=200)
     p.add_argument("--probe-per-class", type=int, default=300)
     p.add_argument("--threads", type=int, default=2)

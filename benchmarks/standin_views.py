@@ -4,7 +4,7 @@ Agreement = share of images whose zero-shot prediction on the strong view equals
 the eval view (no mask), as in standin_report.py, for the product's low-res view and variants
 of it (config fields of MustConfig), on the first 100 test files of each class.
 
-    python benchmarks/standin_views.py benchmarks/models/cifar10-standin [--cifar ../data/cifar10]
+    python -m benchmarks.standin_views benchmarks/models/cifar10-standin [--cifar ../data/cifar10]
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from pathlib import Path
 import open_clip
 import torch
 
-from make_standin import class_embeddings, load_split
+from benchmarks.common import CIFAR
+from benchmarks.make_standin import class_embeddings, load_split
+from benchmarks.standin_report import agreement
 from must_cli.config import MustConfig
-from standin_report import agreement
 
 VARIANTS: dict[str, dict] = {  # name: MustConfig fields changed from the defaults
     "product low-res view (flip, shift 12.5%, Cutout 0.5, RandAugment n2 m9)": {},
@@ -33,7 +34,7 @@ VARIANTS: dict[str, dict] = {  # name: MustConfig fields changed from the defaul
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", type=Path)
-    p.add_argument("--cifar", type=Path, default=Path(__file__).resolve().parents[2] / "data" / "cifar10")
+    p.add_argument("--cifar", type=Path, default=CIFAR)
     a = p.parse_args()
     model = open_clip.create_model(f"local-dir:{a.model}").eval()
     head = class_embeddings(model, open_clip.get_tokenizer(f"local-dir:{a.model}"), torch.device("cpu"))

@@ -11,32 +11,25 @@ the real command line:
 The large pool and the small folder are disjoint slices of the unlabeled train images (files
 500 onward of each class). Same preset everywhere; nothing is tuned on test labels.
 
-    python benchmarks/warmstart.py                   # ~8 min on a 2-core CPU (one seed)
+    python -m benchmarks.warmstart                   # ~8 min on a 2-core CPU (one seed)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy import SHARED_MODELS, SHARED_POOL_SKIP as POOL_SKIP, balanced_subset, link_flat, link_labeled, log, materialize, model_inputs, must  # noqa: E402
-
-from must_cli.checkpoint import atomic_write_text  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.common import (CIFAR, REPO, SHARED, SHARED_MODELS, SHARED_POOL_SKIP as POOL_SKIP, balanced_subset,
+                               device_args, evaluate, link_flat, link_labeled, log, materialize, model_inputs, must,
+                               provenance, write_json, zero_shot_args)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="folder with models/")
-    p.add_argument("--data", type=Path, default=REPO.parent / "data" / "cifar10", help="CIFAR-10 {train,test}/<class>/")
+    p.add_argument("--shared", type=Path, default=SHARED, help="folder with models/")
+    p.add_argument("--data", type=Path, default=CIFAR, help="CIFAR-10 {train,test}/<class>/")
     p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "_work" / "warmstart")
     p.add_argument("--large", type=int, default=2000, help="warm-up pool images (balanced)")
     p.add_argument("--small-per-class", type=int, default=50, help="small folder images per class")
@@ -49,17 +42,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def evaluate(test: Path, out: Path, model_args: list[str], device: list[str], logfile: Path) -> float:
-    if not out.exists():
-        must(["eval", str(test), "--output", str(out), *model_args, *device], logfile)
-    return 100 * json.loads(out.read_text())["top1"]
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     start = time.time()
     model, classes, templates = model_inputs(args.work, "indomain", args.shared / "models" / SHARED_MODELS["indomain"])
-    device = ["--device", args.device] if args.device else ["--device", "cpu", "--workers", "1"]
     n_classes = len(classes.read_text().split("\n")[:-1])
     large_per_class = args.large // n_classes
     data = args.work / "data"
@@ -69,12 +55,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.data / "train", args.small_per_class * n_classes, skip=POOL_SKIP + large_per_class), d))
     test = materialize(data / "test", lambda d: link_labeled(balanced_subset(args.data / "test", args.test), d))
     common = ["--classes", str(classes), "--templates", str(templates), "--preset", args.preset,
-              *args.adapt_args.split(), *device]
+              *args.adapt_args.split(), *device_args(args.device)]
     runs, log_file = args.work / "runs", args.work / "log.txt"
     runs.mkdir(parents=True, exist_ok=True)
-    zero_shot = evaluate(test, runs / "eval-zero-shot.json", ["--zero-shot", "--model", model, "--classes",
-                                                              str(classes), "--templates", str(templates)],
-                         device, log_file)
+    zero_shot = 100 * evaluate(test, runs / "eval-zero-shot.json", zero_shot_args(model, classes, templates),
+                               args.device, log_file)["top1"]
     results = {}
     for seed in args.seeds:
         seeded = [*common, "--seed", str(seed)]
@@ -89,19 +74,17 @@ def main(argv: Sequence[str] | None = None) -> None:
             if not (folders[name] / "model.safetensors").exists():
                 log(f"seed {seed}: {name}")
                 must([*cmd, "--output", str(folders[name]), *seeded], log_file)
-            res[name] = evaluate(test, folders[name] / "eval.json", ["--model", str(folders[name])], device, log_file)
+            res[name] = 100 * evaluate(test, folders[name] / "eval.json", ["--model", str(folders[name])], args.device,
+                                       log_file)["top1"]
         results[str(seed)] = res
     mean = {k: sum(r[k] for r in results.values()) / len(results) for k in ("warmup", "cold", "warm")}
     result = {
-        "command": "python benchmarks/warmstart.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "device": args.device or "cpu"},
+        **provenance("benchmarks.warmstart", argv, args.device),
         "sizes": {"large": args.large, "small": args.small_per_class * n_classes, "test": args.test},
         "preset": args.preset, "adapt_args": args.adapt_args, "seeds": args.seeds,
         "zero_shot_top1": zero_shot, "top1": results, "mean_top1": mean, "wall_seconds": round(time.time() - start, 1),
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.json, json.dumps(result, indent=1) + "\n")
+    write_json(args.json, result, indent=1)
     print(f"| zero-shot | warm-up ({args.large} images, classifier frozen) | cold start ({result['sizes']['small']}) "
           f"| warm start ({result['sizes']['small']}) |\n|---|---|---|---|\n"
           f"| {zero_shot:.1f} | {mean['warmup']:.1f} | {mean['cold']:.1f} | {mean['warm']:.1f} |")

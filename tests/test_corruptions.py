@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "corruptions.py"
-_spec = importlib.util.spec_from_file_location("corruptions", _PATH)
-corruptions = importlib.util.module_from_spec(_spec)
-sys.modules["corruptions"] = corruptions
-_spec.loader.exec_module(corruptions)
+from benchmarks import corruptions
 
 REQUIRED = [
     "gaussian_noise",

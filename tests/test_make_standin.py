@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "make_standin.py"
-_spec = importlib.util.spec_from_file_location("make_standin", _PATH)
-make_standin = importlib.util.module_from_spec(_spec)
-sys.modules["make_standin"] = make_standin
-_spec.loader.exec_module(make_standin)
+from benchmarks import make_standin
 
 
 def _cifar(root: Path, per_class: int) -> Path:

@@ -1,18 +1,10 @@
-"""benchmarks/proxy.py without /work/shared: arguments, run plan, data layout, aggregation, targets, markdown."""
+"""benchmarks/proxy.py without /work/shared: arguments, run plan, evaluation files, aggregation, targets, markdown."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "proxy.py"
-_spec = importlib.util.spec_from_file_location("proxy", _PATH)
-proxy = importlib.util.module_from_spec(_spec)
-sys.modules["proxy"] = proxy
-_spec.loader.exec_module(proxy)
+from benchmarks import common, proxy
 
 
 def test_defaults_and_sizes():
@@ -20,7 +12,7 @@ def test_defaults_and_sizes():
     assert args.settings == ["indomain", "shift"] and args.seeds == [0, 1, 2] and args.preset == "tiny-images"
     assert args.size == "full" and args.json.name == "proxy-full.json"
     assert proxy.sizes_of(args) == {"pool": None, "test": None, "shift": None}
-    assert proxy.device_args(args) == ["--device", "cpu", "--workers", "1"]
+    assert common.device_args(args.device) == ["--device", "cpu", "--workers", "1"]
     quick = proxy.parse_args(["--quick", "--epochs", "2", "--adapt-args", "--lr 1e-4 --no-guard"])
     assert quick.json.name == "proxy-quick.json" and proxy.sizes_of(quick)["pool"] == 1000
     val = proxy.parse_args(["--quick", "--validation"])
@@ -28,7 +20,7 @@ def test_defaults_and_sizes():
     assert proxy.hyper_args(quick) == ["--preset", "tiny-images", "--lr", "1e-4", "--no-guard", "--epochs", "2"]
     small = proxy.parse_args(["--limit", "200", "--quick", "--preset", "", "--device", "cuda"])
     assert small.size == "limit200" and set(proxy.sizes_of(small).values()) == {200}
-    assert proxy.hyper_args(small) == [] and proxy.device_args(small) == ["--device", "cuda"]
+    assert proxy.hyper_args(small) == [] and common.device_args(small.device) == ["--device", "cuda"]
     with pytest.raises(SystemExit):
         proxy.parse_args(["--variants", "nope"])
 
@@ -44,21 +36,6 @@ def test_plan_runs_zero_shot_once_then_seed_by_seed():
     assert str(jobs[3].folder()) == "indomain/clean/must/seed0"
 
 
-def test_subset_is_balanced_and_flat_names_hide_the_class(tmp_path):
-    for c in ("cat", "dog"):
-        (tmp_path / "src" / c).mkdir(parents=True)
-        for i in range(6):
-            (tmp_path / "src" / c / f"{i:04d}.jpg").write_bytes(b"x")
-    files = proxy.balanced_subset(tmp_path / "src", 4, skip=1)
-    assert [f"{f.parent.name}/{f.name}" for f in files] == ["cat/0001.jpg", "cat/0002.jpg", "dog/0001.jpg", "dog/0002.jpg"]
-    assert len(proxy.balanced_subset(tmp_path / "src", None)) == 12
-    proxy.link_flat(files, tmp_path / "flat")
-    names = sorted(p.name for p in (tmp_path / "flat").iterdir())
-    assert len(names) == 4 and not any("cat" in n or "dog" in n or n.startswith("000") for n in names)
-    proxy.link_labeled(files, tmp_path / "labeled")
-    assert sorted(p.name for p in (tmp_path / "labeled").iterdir()) == ["cat", "dog"]
-
-
 def test_validation_images_are_the_stand_ins_unseen_train_files(tmp_path, monkeypatch):
     for split, n in (("train", 12), ("test", 4)):
         for c in ("cat", "dog"):
@@ -70,16 +47,6 @@ def test_validation_images_are_the_stand_ins_unseen_train_files(tmp_path, monkey
     assert [f"{f.parent.name}/{f.name}" for f in val] == [f"{c}/{i:04d}.jpg" for c in ("cat", "dog") for i in (8, 9, 10)]
     test = proxy.eval_files(tmp_path, proxy.parse_args([]), "indomain", 4)
     assert {f.parent.parent.name for f in test} == {"test"} and len(test) == 4
-
-
-def test_materialize_rebuilds_half_built_folders(tmp_path):
-    calls = []
-    build = lambda d: calls.append((d / "x").write_text("1"))  # noqa: E731
-    (tmp_path / "d").mkdir()
-    (tmp_path / "d" / "stale").write_text("half")
-    proxy.materialize(tmp_path / "d", build)
-    proxy.materialize(tmp_path / "d", build)
-    assert len(calls) == 1 and not (tmp_path / "d" / "stale").exists()
 
 
 ACC = {  # setting/corruption -> variant -> top-1 per seed (zero-shot: one run)

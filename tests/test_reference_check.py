@@ -20,9 +20,9 @@ REF = Path(os.environ.get("MUST_REFERENCE") or REPO.parent / "shared" / "referen
 @pytest.mark.skipif(not (REF / "engine_self_training.py").is_file(),
                     reason=f"no reference checkout at {REF} (set MUST_REFERENCE to the salesforce-MUST folder)")
 def test_one_training_run_matches_the_reference_step_for_step():
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "reference_check.py"), "--ref", str(REF),
-                           "--shape", "tiny"], capture_output=True, text=True, env=env, timeout=900)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.reference_check", "--ref", str(REF), "--shape", "tiny"],
+                          cwd=REPO, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     assert "ALL CHECKS PASS" in proc.stdout
     assert proc.stdout.count("  ok ") >= 50 and "FAIL" not in proc.stdout  # every comparison ran and passed

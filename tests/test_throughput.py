@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import torch
 
+from benchmarks import throughput
 from must_cli.runtime import autocast_for
 from must_cli.config import MustConfig
 from must_cli.engine import TrainState, must_step
 
 from helpers import tiny_model
-
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
-_spec = importlib.util.spec_from_file_location("throughput", _PATH)
-throughput = importlib.util.module_from_spec(_spec)
-sys.modules["throughput"] = throughput
-_spec.loader.exec_module(throughput)
 
 
 def batch(b: int = 6, size: int = 32, tokens: int = 16) -> dict[str, torch.Tensor]:
