@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import secrets
+import sys
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -54,6 +55,12 @@ class VerifyServer(ThreadingHTTPServer):
     def __init__(self, session: Session, port: int = 0):
         self.session, self.token = session, secrets.token_urlsafe(32)
         super().__init__((HOST, port), Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A browser that drops a connection (an image load cut short by the next answer) is not an error."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
     @property
     def url(self) -> str:

@@ -87,3 +87,32 @@ def one_line_error(result, *needles: str) -> str:
     for needle in needles:
         assert needle in lines[-1], lines[-1]
     return lines[-1]
+
+
+CHANGED = 12  # with_changed_labels: of the 24 images, the first 12 (in folder order) change label
+
+
+def truth_of(path: str) -> int:
+    """The class of a make_color_images file, from its name."""
+    return CLASSES.index(Path(path).name.split("_")[0])
+
+
+def with_changed_labels(run: Path, images: Path, tmp_path: Path) -> Path:
+    """A copy of a finished run and its images whose saved labels (predictions-both.json) changed on 12 images:
+    6 now right, 3 were right, 3 right neither before nor after; for `must verify` and report tests."""
+    import shutil
+
+    from must_cli.verify_data import BOTH_FILE
+
+    run = Path(shutil.copytree(run, tmp_path / "run"))
+    images = Path(shutil.copytree(images, tmp_path / "images"))
+    doc = json.loads((run / BOTH_FILE).read_text())
+    doc["images"] = str(images)
+    truth = [truth_of(p) for p in doc["paths"]]
+    shift = [1] * 6 + [0] * 3 + [1] * 3 + [0] * (len(truth) - CHANGED)  # zero-shot's label, off the truth by
+    moved = [0] * 6 + [1] * 3 + [2] * 3 + [0] * (len(truth) - CHANGED)  # the adapted label, off the truth by
+    doc["zero_shot"]["labels"] = [(t + s) % 3 for t, s in zip(truth, shift)]
+    doc["adapted"]["labels"] = [(t + m) % 3 for t, m in zip(truth, moved)]
+    (run / BOTH_FILE).write_text(json.dumps(doc))
+    (run / "run-record.json").write_text(json.dumps({"images": str(images)}))
+    return run

@@ -25,29 +25,12 @@ from must_cli.verify_data import ADAPTED_MODEL_FILE, BOTH_FILE, VERIFY_FILE, loa
 from must_cli.verify_server import VerifyServer
 from must_cli.verify_session import Session
 
-from helpers import CLASSES, one_line_error
-
-CHANGED = 12  # of the 24 images, the first 12 (in folder order) get another label from the "adapted" model
-
-
-def truth_of(path: str) -> int:
-    return CLASSES.index(Path(path).name.split("_")[0])
-
+from helpers import CHANGED, CLASSES, one_line_error, truth_of, with_changed_labels
 
 @pytest.fixture()
 def verify_run(adapted_run, unlabeled_images, tmp_path) -> Path:
     """A finished run whose saved labels are set so that 12 images changed: 6 now right, 3 were right, 3 neither."""
-    run = Path(shutil.copytree(adapted_run, tmp_path / "run"))
-    images = Path(shutil.copytree(unlabeled_images, tmp_path / "images"))
-    doc = json.loads((run / BOTH_FILE).read_text())
-    doc["images"] = str(images)
-    truth = [truth_of(p) for p in doc["paths"]]
-    zs = [(t + 1) % 3 if i < 6 else t if i < 9 else (t + 1) % 3 if i < 12 else t for i, t in enumerate(truth)]
-    ad = [t if i < 6 else (t + 1) % 3 if i < 9 else (t + 2) % 3 if i < 12 else t for i, t in enumerate(truth)]
-    doc["zero_shot"]["labels"], doc["adapted"]["labels"] = zs, ad
-    (run / BOTH_FILE).write_text(json.dumps(doc))
-    (run / "run-record.json").write_text(json.dumps({"images": str(images)}))
-    return run
+    return with_changed_labels(adapted_run, unlabeled_images, tmp_path)
 
 
 def get(url: str, host: str | None = None) -> tuple[int, bytes]:
