@@ -216,7 +216,8 @@ def predict(
     if result.output:
         say(f"predictions written to {display_name(result.output)}")
     if result.sort_into:
-        say(f"sorted into {display_name(result.sort_into)}: " + ", ".join(f"{f} {n}" for f, n in sorted(result.sorted_counts.items())))
+        say(f"sorted into {display_name(result.sort_into)}: " + ", ".join(f"{f} {n}" for f, n in sorted(result.sorted_counts.items()))
+            + (f"; {result.already_sorted:,} already there (identical copies), skipped" if result.already_sorted else ""))
 
 
 @app.command(cls=MustCommand, short_help="Export the model as ONNX or TorchScript.")

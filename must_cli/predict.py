@@ -8,13 +8,8 @@ but row by row) and images copied or linked into one folder per class.
 from __future__ import annotations
 
 import csv
-import errno
 import json
-import os
-import shutil
 import time
-import unicodedata
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, TextIO
@@ -30,17 +25,9 @@ from must_cli.inference import iter_probs
 from must_cli.model import MustModel, Preprocess, build_zero_shot
 from must_cli.runs import model_path
 from must_cli.runtime import autocast_for, default_workers, pick_device
+from must_cli.sorting import Sorter
 
 OUTPUT_FORMATS = (".csv", ".jsonl")
-UNCERTAIN = "_uncertain"
-MAX_FOLDER_BYTES = 100
-# Device names Windows refuses as file or folder names, with or without an extension.
-WINDOWS_RESERVED = frozenset({"CON", "PRN", "AUX", "NUL", *(f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10))})
-# Path separators plus the characters Windows forbids, so a sorted folder can be copied to any disk.
-UNSAFE_CHARS = frozenset('/\\<>:"|?*')
-HARDLINK_FALLBACK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP}
-
-
 @dataclass
 class PredictRequest:
     """Everything `must predict` was asked to do; validated by run_predict before any work."""
@@ -83,116 +70,14 @@ class PredictResult:
     device: str
     output: Path | None = None
     sort_into: Path | None = None
-    sorted_counts: dict[str, int] = field(default_factory=dict)
+    sorted_counts: dict[str, int] = field(default_factory=dict)  # images per class folder, placed or already there
+    already_sorted: int = 0  # of those, identical copies already in place (a rerun): skipped
     renamed: dict[str, str] = field(default_factory=dict)  # class name -> folder, where they differ
     notes: list[str] = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
         return len(self.predictions) / max(self.seconds, 1e-9)
-
-
-def _clean_folder_name(name: str, index: int) -> str:
-    """One class name as a portable folder name, before clashes with other classes are resolved."""
-    text = unicodedata.normalize("NFC", name)
-    text = "".join("_" if c in UNSAFE_CHARS or unicodedata.category(c) == "Cc" else c for c in text)
-    text = text.encode("utf-8")[:MAX_FOLDER_BYTES].decode("utf-8", "ignore").strip(". ")
-    if not text.strip("._ "):  # '.', '..', '///': nothing that names the class is left
-        return f"class_{index}"
-    head, dot, tail = text.partition(".")
-    if head.rstrip(" ").upper() in WINDOWS_RESERVED:
-        text = f"{head}_{dot}{tail}"
-    return text
-
-
-def _fit(base: str, suffix: str) -> str:
-    """``base + suffix`` within the byte cap, trimming the base rather than the disambiguating suffix."""
-    room = MAX_FOLDER_BYTES - len(suffix.encode("utf-8"))
-    return base.encode("utf-8")[:room].decode("utf-8", "ignore").rstrip(". ") + suffix
-
-
-def safe_folder_names(classnames: list[str]) -> dict[str, str]:
-    """Class name -> a folder name that cannot escape DIR, clash with another class, or break on Windows.
-
-    Clashes after cleaning (case-insensitively, for macOS/Windows disks) get ``_2``, ``_3`` in
-    class order, so the same class list always gives the same folders. ``_uncertain`` is kept
-    for low-confidence images.
-    """
-    taken = {UNCERTAIN.casefold()}
-    mapping: dict[str, str] = {}
-    for index, name in enumerate(classnames):
-        base = _clean_folder_name(name, index)
-        folder, n = _fit(base, ""), 2
-        while folder.casefold() in taken:
-            folder, n = _fit(base, f"_{n}"), n + 1
-        taken.add(folder.casefold())
-        mapping[name] = folder
-    return mapping
-
-
-class Sorter:
-    """Copies or links each image into DIR/<class folder>/; never outside DIR, never over an existing file."""
-
-    def __init__(self, root: Path, classnames: list[str], link: str | None, min_confidence: float | None):
-        mapping = safe_folder_names(classnames)
-        self.root, self.link, self.min_confidence = root, link, min_confidence
-        self.folders = [mapping[c] for c in classnames]
-        self.renamed = {c: f for c, f in mapping.items() if c != f}
-        self.counts: Counter[str] = Counter()
-        self.notes: list[str] = []
-        self._next_suffix: dict[Path, int] = {}
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise MustError(f"--sort-into {display_name(root)}: cannot create it ({e.strerror}): pick a writable folder") from None
-        real = root.resolve()
-        for folder in {*self.folders, UNCERTAIN}:  # second line of defence, e.g. a symlink planted in DIR
-            target = (root / folder).resolve()
-            if target == real or not target.is_relative_to(real):
-                raise MustError(
-                    f"--sort-into: class folder {display_name(folder)!r} would resolve to {display_name(target)}, "
-                    f"outside {display_name(real)}: remove that link or pick another folder"
-                )
-
-    def place(self, src: Path, class_index: int, confidence: float) -> None:
-        """Copy or link ``src`` into its class folder (``_uncertain`` below --min-confidence)."""
-        uncertain = self.min_confidence is not None and confidence < self.min_confidence
-        folder = UNCERTAIN if uncertain else self.folders[class_index]
-        dst = self.root / folder
-        try:
-            dst.mkdir(exist_ok=True)
-            dst = self._free_name(dst, src.name)
-            self._transfer(src, dst)
-        except OSError as e:  # a full disk or a read-only DIR: name both files
-            raise MustError(f"--sort-into: cannot {'link' if self.link else 'copy'} {display_name(src)} to "
-                            f"{display_name(dst)} ({e.strerror or e}): check free space and permissions") from None
-        self.counts[folder] += 1
-
-    def _free_name(self, folder: Path, name: str) -> Path:
-        """``name``, else ``stem_2.ext``, ``stem_3.ext``...: same-named images from different subfolders all survive."""
-        stem, ext = os.path.splitext(name)
-        n = self._next_suffix.get(folder / name, 1)
-        while os.path.lexists(candidate := folder / (name if n == 1 else f"{stem}_{n}{ext}")):
-            n += 1
-        self._next_suffix[folder / name] = n + 1
-        return candidate
-
-    def _transfer(self, src: Path, dst: Path) -> None:
-        if self.link == "sym":
-            os.symlink(src.resolve(), dst)
-            return
-        if self.link == "hard":
-            try:
-                os.link(src, dst)
-                return
-            except OSError as e:
-                if e.errno not in HARDLINK_FALLBACK:
-                    raise
-                if not self.notes:
-                    self.notes.append(f"cannot hard-link into {display_name(self.root)} ({e.strerror}): copied instead")
-        with open(src, "rb") as fin, open(dst, "xb") as fout:  # "x": fail rather than overwrite
-            shutil.copyfileobj(fin, fout)
-        shutil.copystat(src, dst)
 
 
 def output_format(path: Path | None) -> str | None:
@@ -307,7 +192,8 @@ def run_predict(req: PredictRequest, warn: Callable[[str], None], progress: Prog
     return PredictResult(
         predictions=predictions, top_k=k, skipped=len(skipped), failed=failed,
         seconds=time.perf_counter() - start, device=str(device), output=req.output, sort_into=req.sort_into,
-        sorted_counts=dict(sorter.counts) if sorter else {}, renamed=sorter.renamed if sorter else {},
+        sorted_counts=dict(sorter.counts) if sorter else {}, already_sorted=sorter.already_there if sorter else 0,
+        renamed=sorter.renamed if sorter else {},
         notes=notes + (sorter.notes if sorter else []),
     )
 

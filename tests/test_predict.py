@@ -21,7 +21,8 @@ from must_cli.inference import predict_labels
 from must_cli.images import scan_images
 from must_cli.model import build_must_model, vision_config
 from must_cli.errors import MustError
-from must_cli.predict import PredictRequest, Sorter, run_predict, safe_folder_names
+from must_cli.predict import PredictRequest, run_predict
+from must_cli.sorting import Sorter, safe_folder_names
 
 from helpers import CLASSES, make_color_images, one_line_error
 
@@ -155,8 +156,17 @@ def test_min_confidence_and_same_names_go_to_uncertain_without_overwrite(adapted
         f"{c}_000{s}.jpg" for c in CLASSES for s in ("", "_2"))
     assert (target / "_uncertain" / "red_000.jpg").read_bytes() == (images / "one" / "red_000.jpg").read_bytes()
     assert (target / "_uncertain" / "red_000_2.jpg").read_bytes() == (images / "two" / "red_000.jpg").read_bytes()
+    state = lambda: {f: (f.stat().st_mtime_ns, f.read_bytes()) for f in target.rglob("*.jpg")}  # noqa: E731
+    before = state()
     again = invoke(str(images), "--model", str(adapted_run), "--sort-into", str(target), "--min-confidence", "0.99")
-    assert again.exit_code == 0 and len(os.listdir(target / "_uncertain")) == 12  # second run adds, never overwrites
+    assert again.exit_code == 0, again.output  # issue 21, item 6: a rerun leaves the folder as it was
+    assert state() == before
+    assert "6 already there (identical copies), skipped" in " ".join(again.output.split()), again.output
+    (images / "two" / "red_000.jpg").write_bytes((images / "two" / "blue_000.jpg").read_bytes())  # same name, new image
+    third = invoke(str(images), "--model", str(adapted_run), "--sort-into", str(target), "--min-confidence", "0.99")
+    assert third.exit_code == 0 and "5 already there" in " ".join(third.output.split()), third.output
+    assert (target / "_uncertain" / "red_000_3.jpg").read_bytes() == (images / "two" / "blue_000.jpg").read_bytes()
+    assert len(os.listdir(target / "_uncertain")) == 7  # only the changed file was added, with a new suffix
 
 
 def test_links_instead_of_copies(adapted_run, unlabeled_images, tmp_path):
@@ -172,6 +182,9 @@ def test_links_instead_of_copies(adapted_run, unlabeled_images, tmp_path):
                 assert f.is_symlink() and f.resolve() == source.resolve()
             else:
                 assert not f.is_symlink() and f.stat().st_ino == source.stat().st_ino
+        again = invoke(str(unlabeled_images), "--model", str(adapted_run), "--sort-into", str(target), "--link", mode)
+        assert again.exit_code == 0 and "24 already there" in " ".join(again.output.split()), again.output
+        assert len([f for _, _, fs in os.walk(target) for f in fs]) == 24
 
 
 def test_zero_shot_with_local_spec_labels_like_plain_clip(tiny_spec, classes_file, unlabeled_images, tmp_path):
