@@ -16,6 +16,7 @@ from must_cli.runtime import (
 from helpers import tiny_model
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 @pytest.mark.parametrize("setting, device, wanted", [
@@ -46,11 +47,12 @@ def test_adamw_is_fused_where_torch_has_the_kernel_else_foreach_on_gpus_and_plai
     assert kind == "foreach" and all(g["foreach"] and not g["fused"] for g in optimizer.param_groups)
 
 
-def test_fused_adamw_follows_plain_adamw_step_for_step():
+@pytest.mark.parametrize("device", [CPU, pytest.param(CUDA, marks=[pytest.mark.gpu, GPU])], ids=str)
+def test_fused_adamw_follows_plain_adamw_step_for_step(device):
     """Same groups (layer decay, no decay on 1-D), same gradients, 5 steps: the weights agree to float rounding."""
     torch.manual_seed(0)
-    models = [tiny_model(), tiny_model()]
-    fused, kind = adamw(param_groups(models[0], 0.05, 0.65), CPU, (0.9, 0.98))
+    models = [tiny_model().to(device), tiny_model().to(device)]
+    fused, kind = adamw(param_groups(models[0], 0.05, 0.65), device, (0.9, 0.98))
     plain = torch.optim.AdamW(param_groups(models[1], 0.05, 0.65), betas=(0.9, 0.98), foreach=False)
     assert kind == "fused"
     for step in range(5):
@@ -61,7 +63,7 @@ def test_fused_adamw_follows_plain_adamw_step_for_step():
             for p, grad in zip(model.parameters(), grads):
                 p.grad = grad.clone()
             optimizer.step()
-    start = tiny_model()
+    start = tiny_model().to(device)
     for (name, a), b, s in zip(models[0].named_parameters(), models[1].parameters(), start.parameters()):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), name
     assert max((a - s).abs().max().item() for a, s in zip(models[0].parameters(), start.parameters())) > 1e-2
