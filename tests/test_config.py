@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from must_cli.config import MustConfig, load_preset, preset_names, resolve_config, to_toml
 from must_cli.errors import MustError
@@ -100,8 +101,23 @@ def test_to_toml_round_trips(tmp_path, preset):
 FLOAT_FIELDS = sorted(name for name, f in MustConfig.model_fields.items() if f.annotation is float)
 
 
-def test_the_config_has_float_fields_to_check():
-    assert {"base_lr", "min_lr", "threshold", "w_fair", "ema_mu0"} <= set(FLOAT_FIELDS)
+def _takes_a_float(name: str) -> bool:
+    """Whether the field accepts some plain float, found by trying values, not by reading its annotation."""
+    for value in (0.25, 0.5, 0.9, 0.999, 1.5, 3e-4, 30.0):
+        try:
+            MustConfig(**{name: value})
+            return True
+        except ValidationError:
+            continue
+    return False
+
+
+def test_every_field_that_takes_a_float_is_checked_for_inf_and_nan():
+    """FLOAT_FIELDS reads annotations; a field typed `float | None` or `Annotated[float, ...]` would slip past
+    the non-finite test below. Here the fields are found by what they accept, and must be the same set."""
+    takes_floats = {name for name in MustConfig.model_fields if _takes_a_float(name)}
+    assert takes_floats == set(FLOAT_FIELDS)
+    assert {"base_lr", "min_lr", "threshold", "w_fair", "ema_mu0"} <= takes_floats
 
 
 @pytest.mark.parametrize("name", FLOAT_FIELDS)
