@@ -264,3 +264,26 @@ def test_a_damaged_verify_file_is_a_warning_with_its_line_number(run_copy, unlab
     text, _ = check_page(build_report(run_copy, images=unlabeled_images, device="cpu", warn=warnings.append))
     assert any("verify.csv:2: damaged line" in w for w in warnings), warnings
     assert "verified gain" not in text and both is not None
+
+
+def test_an_older_run_without_saved_labels_gets_them_predicted_once(run_copy, unlabeled_images):
+    saved = load_both(run_copy)
+    (run_copy / BOTH_FILE).unlink()  # a run made before adapt saved both models' labels
+    text, _ = check_page(build_report(run_copy, images=unlabeled_images, device="cpu"))
+    again = load_both(run_copy)
+    assert again is not None and again.paths == saved.paths
+    assert again.zero_shot.labels == saved.zero_shot.labels and again.adapted.labels == saved.adapted.labels
+    assert "Did adaptation help?" in text
+
+
+def test_adapt_ends_with_the_report_and_how_to_verify(tmp_path, tiny_spec, classes_file, unlabeled_images):
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, [
+        "adapt", str(unlabeled_images), "--classes", str(classes_file), "--model", tiny_spec, "--epochs", "1",
+        "--batch-size", "8", "--workers", "0", "--output", str(out), "--lr", "3e-2", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    tail = " ".join(r.output.split())
+    assert f"report: {out / 'report.html'}" in tail
+    both = load_both(out)
+    changed = len(both.changed())
+    assert (f"run `must verify {out}` and answer about" in tail if changed else "no label changed" in tail), tail
