@@ -24,6 +24,8 @@ from must_cli.checkpoint import load_checkpoint, load_model
 from must_cli.runs import list_checkpoints
 from must_cli.cli import app
 from must_cli.errors import MustError
+from must_cli.images import display_name
+from must_cli.verify_data import load_both
 
 from helpers import TINY_MODEL_CFG, bomb_png, make_color_images, make_tiny_clip, one_line_error
 
@@ -136,7 +138,11 @@ def test_truncated_jpeg_is_reported_once_when_training_meets_it(zoo_run):
 
 @pytest.mark.parametrize("name", ODD)
 def test_odd_but_valid_images_are_used_silently(zoo_run, name):
+    """Not warned about, and really used: both models labeled it (predictions-both.json lists every image used)."""
     assert name not in zoo_run["result"].output
+    both = load_both(zoo_run["out"])
+    labels = {display_name(p): (z, a) for p, z, a in zip(both.paths, both.zero_shot.labels, both.adapted.labels)}
+    assert name in labels and min(labels[name]) >= 0, sorted(labels)  # -1: could not be decoded
 
 
 def test_folder_without_images_is_one_line_and_writes_nothing(common, classes_file, tmp_path):
