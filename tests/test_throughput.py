@@ -6,6 +6,7 @@ import contextlib
 import copy
 import json
 
+import pytest
 import torch
 
 from benchmarks import throughput
@@ -63,3 +64,15 @@ def test_quick_benchmark_prints_json_with_the_expected_keys(capsys):
     assert small["cached_files"] == 0 and large["cached_files"] == large["images"]
     assert {"optimised_over_eager_b8", "cache_epoch2_over_uncached_1600x1200"} <= set(report["ratios"])
     assert json.loads(capsys.readouterr().out) == report
+
+
+@pytest.mark.slow
+def test_e2e_reports_adapt_next_to_the_bare_step_on_the_same_shapes():
+    report = throughput.main(["--e2e", "--quick"])
+    [row] = report["e2e"]
+    assert (row["images"], row["epochs"], row["batch"]) == (128, 1, 64)
+    assert row["images_trained"] == 128  # 2 steps of 64: the command really trained what the ratio divides
+    assert row["bare_step_img_per_s"] > 0 and row["epoch_img_per_s"] > 0 and row["wall_s"] > row["train_s"] > 0
+    assert row["command_over_bare"] == round(row["command_img_per_s"] / row["bare_step_img_per_s"], 2)
+    assert row["runtime"]["torch_threads"] == row["torch_threads"] and row["runtime"]["adamw"] == "fused"
+    assert row["peak_rss_mb"] > 100
