@@ -110,7 +110,8 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
     warn_once = reporter.warn if dist.is_main else (lambda message: None)  # input warnings: not once per process
     paths, skipped = scan_images(inputs.images, warn_once, cfg.max_pixels)
     labeled = labeled_images(inputs.eval_dir, classnames, warn_once) if inputs.eval_dir else None
-    plan = decide_once(dist.is_main, lambda: plan_run(req.output, req.resume, req.resume_from, req.overwrite))
+    plan = decide_once(dist.is_main, lambda: plan_run(req.output, req.resume, req.resume_from, req.overwrite,
+                                                      epochs=cfg.epochs))
     torch.manual_seed(cfg.seed)  # [MSK], ln_patch and decoder initialisation
     model, preprocess, cfg = starting_model(req.init_from, cfg, classnames, templates, device, reporter)
     setup = Setup(cfg, inputs.images, classnames, templates, paths, len(skipped), labeled, device, dist, reporter,
@@ -119,7 +120,7 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
 
     def open_folder() -> Path:
         held.append(RunFolder(plan))
-        if plan.checkpoint is None or not (held[0].path / CONFIG_FILE).exists():
+        if plan.checkpoint is None or plan.finished is not None or not (held[0].path / CONFIG_FILE).exists():
             atomic_write_text(held[0].path / CONFIG_FILE, record_text(held[0].path, cfg, inputs))
         return held[0].path
 

@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from must_cli.cli_format import (
-    AdaptCommand, MustCommand, config_help, err_console, one_line_errors, session, show_adapt_summary, version_lines,
+    AdaptCommand, MustCommand, config_help, err_console, nothing_to_resume, one_line_errors, session, show_adapt_summary,
+    version_lines,
 )
 from must_cli.config import AUTO_DEVICE, AUTO_WORKERS, INFERENCE_BATCH, MustConfig, preset_names
 from must_cli.progress import Reporter, images_bar
@@ -76,7 +77,7 @@ def adapt(
     save_every: Optional[int] = typer.Option(None, "--save-every", metavar="N", help=config_help("save_every")),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", metavar="N", help=config_help("max_pixels")),
     keep_checkpoints: Optional[int] = typer.Option(None, "--keep-checkpoints", metavar="N", help=config_help("keep_checkpoints", "checkpoints kept when the run finishes (older ones are deleted; while it runs, the newest 2)")),
-    resume: Optional[str] = typer.Option(None, "--resume", metavar="[RUN]", help=f"Continue a stopped run: --resume RUN alone (a run folder or checkpoint), or --output RUN --resume; bare --resume: {LATEST_RUN}. Only --workers and --device may change."),
+    resume: Optional[str] = typer.Option(None, "--resume", metavar="[RUN]", help=f"Continue a stopped run: --resume RUN alone (a run folder or checkpoint), or --output RUN --resume; bare --resume: {LATEST_RUN}. Only --workers, --device and a larger --epochs may change."),
     class_prior: Optional[str] = typer.Option(None, "--class-prior", metavar="PRIOR", help=config_help("class_prior")),
     init_from: Optional[Path] = typer.Option(None, "--init-from", metavar="RUN", help="Warm start from an adapted run (its image tower, [MSK] and decoder); the classifier is rebuilt from text."),
     freeze_classifier: Optional[bool] = typer.Option(None, "--freeze-classifier/--train-classifier", show_default=False, help=config_help("freeze_classifier")),
@@ -92,7 +93,9 @@ def adapt(
     given = dict(locals())
     inputs, cfg, output = inputs_from_flags(given, ctx.meta["must_args"])
     resume_from = Path(resume) if resume else None
-    plan_run(output, resume is not None, resume_from, overwrite)  # the run folder's problems, before torch loads
+    plan = plan_run(output, resume is not None, resume_from, overwrite, epochs=cfg.epochs)  # before torch loads
+    if nothing_to_resume(plan, cfg.epochs):
+        return
     if gpus and gpus > 1:
         from must_cli.launch import launch_local
 

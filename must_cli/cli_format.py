@@ -18,6 +18,7 @@ from must_cli.config import MustConfig
 from must_cli.doctor import Environment, fix_command, installed, stack_problem
 from must_cli.errors import MustError, RunStopped
 from must_cli.progress import Reporter, emit
+from must_cli.runs import MODEL_FILE, RunPlan
 
 err_console = Console(stderr=True)
 RESUME_OWN_RUN = ""  # the value of a bare --resume: continue the run in --output (or the newest run)
@@ -160,6 +161,19 @@ def show_verify_summary(result: Any, json_out: Any = None) -> None:
                          "(the adapted model is kept beside it)"))
     if json_out:
         out.print(escape(f"summary written to {json_out}"))
+
+
+def nothing_to_resume(plan: RunPlan, epochs: int) -> bool:
+    """`--resume` of a finished run: say it changes nothing (True), or that --epochs continues it, up front."""
+    if plan.finished is None:
+        return False
+    if plan.checkpoint is None:
+        emit(err_console, f"{plan.folder} is finished: {plan.finished} of {plan.finished} epochs, {MODEL_FILE} "
+                          f"written; nothing to do (to train longer, add --epochs N with N above {plan.finished})")
+        return True
+    emit(err_console, f"{plan.folder} finished {plan.finished} epochs; continuing to {epochs} as --epochs asks (the "
+                      f"learning-rate schedule now spans {epochs} epochs; {MODEL_FILE} is replaced at the end)")
+    return False
 
 
 def version_lines(env: Environment) -> list[str]:

@@ -26,7 +26,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 LOCAL_DIR = "local-dir:"
-RESUME_MAY_CHANGE = ("workers", "device")  # flags `--resume RUN` accepts besides the run itself
+RESUME_MAY_CHANGE = ("workers", "device", "epochs")  # flags `--resume RUN` accepts (--epochs: only more)
 
 
 def absolute_model(spec: str) -> str:

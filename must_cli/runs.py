@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -113,16 +114,34 @@ class RunPlan:
     checkpoint: Path | None  # None: a fresh run
     overwrite: bool = False  # a fresh run may replace a finished or stopped one in ``folder``
     named_here: bool = False  # a runs/<timestamp> name, made unique when the folder is created
+    finished: int | None = None  # resuming a finished run: the epochs it ran (checkpoint None: nothing to do)
 
 
 def plan_run(output: Path | None, resume: bool, resume_from: Path | None, overwrite: bool = False,
-             runs_root: Path = RUNS_DIR) -> RunPlan:
-    """Check the run folder can be used as asked; creates nothing (the model may still fail to load)."""
+             runs_root: Path = RUNS_DIR, epochs: int | None = None) -> RunPlan:
+    """Check the run folder can be used as asked; creates nothing (the model may still fail to load).
+
+    Resuming a finished run continues it only when ``epochs`` asks for more than it ran.
+    """
     folder = resolve_output(output, resume, resume_from, runs_root)
+    done = finished_epochs(folder) if resume else None
+    if done is not None and (epochs is None or epochs <= done):
+        return RunPlan(folder, None, finished=done)
     plan = RunPlan(folder, find_checkpoint(folder, resume_from) if resume else None, overwrite,
-                   output is None and not resume)
+                   output is None and not resume, done)
     refuse_to_clobber(plan)
     return plan
+
+
+def finished_epochs(folder: Path) -> int | None:
+    """The epochs a finished run (one with its model written) ran, from metrics.jsonl; None if unfinished."""
+    if not (folder / MODEL_FILE).is_file():
+        return None
+    try:
+        lines = (folder / METRICS_FILE).read_text(encoding="utf-8").splitlines()
+        return int(json.loads(lines[-1])["epoch"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None  # no readable record: resume as before, from the newest checkpoint
 
 
 def refuse_to_clobber(plan: RunPlan) -> None:
@@ -258,11 +277,16 @@ def run_fingerprint(cfg: MustConfig, classnames: list[str], templates: list[str]
             "global_batch": global_batch, "steps_per_epoch": steps_per_epoch}
 
 
+def more_epochs(key: str, saved: dict[str, Any], value: Any) -> bool:
+    """A run may be continued for more epochs (the schedule then spans them all), never fewer."""
+    return key == "epochs" and isinstance(saved.get(key), int) and value > saved[key]
+
+
 def check_fingerprint(checkpoint: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
     """Refuse, naming what differs, to resume a checkpoint of another run."""
     diff = [key if isinstance(value, (list, dict)) or len(repr(value)) > 60
             else f"{key} ({saved.get(key)!r} -> {value!r})"
-            for key, value in current.items() if saved.get(key) != value]
+            for key, value in current.items() if saved.get(key) != value and not more_epochs(key, saved, value)]
     if diff:
         raise MustError(f"--resume {checkpoint}: this run differs from the checkpoint in {', '.join(diff)}: "
                         "resume with the same images, classes, model and settings, or start a new --output")

@@ -7,9 +7,11 @@ position, and all runs use one thread (same kernels, same summation order).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -103,10 +105,10 @@ def test_sigterm_checkpoints_and_says_how_to_resume(setup):
     proc = start_until_checkpoint(setup["args"](out), out)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1, err
-    assert "Traceback" not in err
+    assert proc.returncode == 128 + signal.SIGTERM, err  # what a shell reports for a terminated command
+    assert "Traceback" not in err and "error" not in err
     last = err.strip().splitlines()[-1]
-    m = re.fullmatch(r"error: stopped by SIGTERM at step (\d+): checkpoint saved; continue with "
+    m = re.fullmatch(r"stopped by SIGTERM at step (\d+): checkpoint saved; continue with "
                      r"`must adapt --resume (.+)`", last)
     assert m and Path(m[2]) == out, last
     assert list_checkpoints(out / "checkpoints")[-1].name == f"step-{int(m[1]):08d}.pt"  # the step it finished
@@ -116,9 +118,48 @@ def test_sigterm_checkpoints_and_says_how_to_resume(setup):
     assert_same_run(out, setup["reference"])
 
 
+def test_ctrl_c_is_not_an_error_it_says_stopped_and_exits_130(setup):
+    """Issue 21, item 8: an interruption the user asked for prints `stopped` and the resume command; exit 130."""
+    out = setup["root"] / "interrupted"
+    proc = start_until_checkpoint(setup["args"](out), out)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    assert "error" not in err and "Traceback" not in err, err
+    assert re.fullmatch(rf"stopped by SIGINT at step \d+: checkpoint saved; continue with "
+                        rf"`must adapt --resume {re.escape(str(out))}`", last), last
+
+
+def digest(path: Path) -> tuple[int, str]:
+    return path.stat().st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_resuming_a_finished_run_changes_nothing_unless_more_epochs_are_asked(setup, tmp_path):
+    """Issue 21, item 5: `--resume RUN` on a finished run says so; `--epochs N` (more) continues it, and says so."""
+    run = tmp_path / "finished"
+    shutil.copytree(setup["reference"], run)
+    model, before = run / "model.safetensors", digest(run / "model.safetensors")
+    files = sorted(p.name for p in run.rglob("*"))
+    for argv in (["adapt", "--resume", str(run)], [*setup["args"](run), "--resume"],
+                 ["adapt", "--resume", str(run), "--epochs", "6"]):
+        r = CliRunner().invoke(app, argv)
+        assert r.exit_code == 0, r.output
+        assert f"{run} is finished: 6 of 6 epochs, model.safetensors written" in " ".join(r.output.split()), r.output
+        assert "resumed" not in r.output and digest(model) == before
+        assert sorted(p.name for p in run.rglob("*")) == files
+    r = CliRunner().invoke(app, ["adapt", "--resume", str(run), "--epochs", "7"])
+    assert r.exit_code == 0, r.output
+    assert f"{run} finished 6 epochs; continuing to 7 as --epochs asks" in " ".join(r.output.split()), r.output
+    assert digest(model) != before
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5, 6, 7]
+    r = CliRunner().invoke(app, ["adapt", "--resume", str(run)])  # the record now says 7 epochs
+    assert r.exit_code == 0 and "7 of 7 epochs" in " ".join(r.output.split()), r.output
+
+
 def test_resume_run_alone_refuses_flags_that_would_change_the_run(setup, tmp_path):
-    fails(["adapt", "--resume", str(setup["reference"]), "--epochs", "9"], "only --workers, --device",
-          "drop --epochs")
+    fails(["adapt", "--resume", str(setup["reference"]), "--lr", "9"], "only --workers, --device", "drop --base-lr")
     fails(["adapt", "--resume", str(tmp_path)], f"{tmp_path / 'config.toml'}: no record of this run")
 
 
@@ -144,7 +185,10 @@ def fails(argv: list[str], *needles: str) -> str:
     ("classes", "in classes"), ("model", "in model"), ("batch", "global_batch (4 -> 8)"), ("lr", "base_lr (2e-05 -> 0.001)"),
 ])
 def test_resume_with_another_config_is_refused(setup, classes_file, tmp_path, change, needle):
-    argv = setup["args"](setup["reference"], "--resume")
+    stopped = tmp_path / "stopped"  # the reference run without its model: stopped after its last checkpoint
+    shutil.copytree(setup["reference"], stopped)
+    (stopped / "model.safetensors").unlink()
+    argv = setup["args"](stopped, "--resume")
     if change == "classes":
         other = tmp_path / "classes.txt"
         other.write_text(classes_file.read_text() + "purple\n")
