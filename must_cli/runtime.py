@@ -127,3 +127,10 @@ def memory_advice(batch: int, accum: int, world: int, grad_checkpointing: bool) 
              ] if batch >= 4 else []
     fixes += [] if grad_checkpointing else ["--grad-checkpointing"]
     return f"out of GPU memory at batch size {batch} per process (accum {accum}): use {' or '.join(fixes) or 'a smaller --model'}"
+
+
+def error_line(error: BaseException) -> str:
+    """The first line of the innermost error (torch.compile wraps a backend's error in its own), for one line."""
+    while (inner := getattr(error, "inner_exception", None) or error.__cause__) is not None:
+        error = inner
+    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:200]}"

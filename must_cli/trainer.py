@@ -34,7 +34,7 @@ from must_cli.images import display_name
 from must_cli.model import MustModel
 from must_cli.progress import Reporter
 from must_cli.runs import METRICS_FILE, check_fingerprint, checkpoints_of, list_checkpoints
-from must_cli.runtime import Autocast, eager_module, memory_advice
+from must_cli.runtime import Autocast, eager_module, error_line, memory_advice
 from must_cli.stop import StopRequest
 from must_cli.views import EpochSampler
 
@@ -124,13 +124,6 @@ def epoch_stats(total: torch.Tensor, hist: torch.Tensor, lr: float, prior: torch
     means = {name: values[name] / n for name in ("loss", "loss_cls", "loss_fair", "loss_mim", "loss_align",
                                                  "kept", "agree")}
     return {**means, "balance": label_balance(hist, prior), "lr": lr}
-
-
-def failure_reason(error: BaseException) -> str:
-    """The first line of the innermost error (torch.compile wraps a backend's error in its own), for one line."""
-    while (inner := getattr(error, "inner_exception", None) or error.__cause__) is not None:
-        error = inner
-    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:200]}"
 
 
 class Trainer:
@@ -232,8 +225,8 @@ class Trainer:
 
         Compilation happens inside that step (the forward graphs at the first call, the backward
         graph at the first backward), and so do compiled code's first runs. If any of it raises
-        before the optimiser steps, the step is rerun eager on the same micro-batches from the same
-        state, once this was said in one line and noted in the run's record.
+        before the optimiser steps, one line says so, the run's record notes it, and the step is rerun
+        eager on the same micro-batches from the same state.
         """
         def run(data: Iterable[dict]) -> None:
             nets = self.nets
@@ -245,7 +238,12 @@ class Trainer:
         first = list(itertools.islice(batches, self.plan.accum_steps))  # the first step's micro-batches
         saved, rng = dataclasses.replace(self.state), rng_state()
         stepped: list[bool] = []
-        hook = self.nets.optimizer.register_step_pre_hook(lambda *_: stepped.append(True))
+
+        def first_step(*_: Any) -> None:  # from here on an error is the step's own, not compilation's
+            stepped.append(True)
+            hook.remove()
+
+        hook = self.nets.optimizer.register_step_pre_hook(first_step)
         try:
             run(itertools.chain(first, batches))
             self._compile_proven = True
@@ -255,7 +253,7 @@ class Trainer:
         except Exception as e:  # noqa: BLE001 - whatever compiled code raised; the eager rerun re-raises real errors
             if stepped:
                 raise
-            reason = failure_reason(e)
+            reason = error_line(e)
         finally:
             hook.remove()
         if self.dist.world > 1:  # ranks would disagree on which modules run: stop all with the cure
