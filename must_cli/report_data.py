@@ -27,7 +27,9 @@ from must_cli.guard import guard_sample, sample_labels
 from must_cli.images import discover_images
 from must_cli.model import MustModel, Preprocess, build_must_model
 from must_cli.runs import METRICS_FILE, list_checkpoints
-from must_cli.verify_data import ADAPTED_MODEL_FILE, BothPredictions, ModelLabels, load_both, save_both
+from must_cli.verify_data import (
+    ADAPTED_MODEL_FILE, BothPredictions, ModelLabels, load_both, relative_paths, save_both,
+)
 from must_cli.verify_log import read_answers
 from must_cli.verify_stats import GainEstimate, estimate_gain
 
@@ -176,7 +178,7 @@ def both_predictions(run: RunFolder, images: Path, models: Callable[[], tuple], 
     zero_shot, adapted, pre, which = models()
     found = discover_images(images, warn)
     pool = guard_sample(found)
-    both = BothPredictions(images, [str(p.relative_to(images)) for p in pool],
+    both = BothPredictions(images, relative_paths(images, pool),
                            sample_labels(zero_shot, pool, pre, device, workers),
                            sample_labels(adapted, pool, pre, device, workers), len(found))
     if run.finished and "checkpoint" not in which:  # the shipped or kept adapted model: what verify checks too

@@ -150,18 +150,21 @@ def run_verify(req: VerifyRequest, on_ready: Callable[[str], None] = lambda url:
         if req.labels is not None:
             given = read_label_file(req.labels, both, run.classnames)
             answers, source = given.answers, str(req.labels)
-            notes += [f"{given.unchanged} labeled image(s) kept their label (they cannot move the gain)"] * bool(
-                given.unchanged) + [f"{given.unsampled} labeled image(s) are not among the "
-                                    f"{len(both.predicted())} predicted images"] * bool(given.unsampled)
+            if given.unchanged:
+                notes.append(f"{given.unchanged} labeled image(s) kept their label (they cannot move the gain)")
+            if given.unsampled:
+                notes.append(f"{given.unsampled} labeled image(s) are not among the {len(both.predicted())} "
+                             "images both models labeled")
         else:
             answers, source = read_answers(run.root, both), str(run.root / VERIFY_FILE)
         listed = session = None
         if req.list_count is not None:
             listed = write_list(run.root, both, answers, req.list_count)
-        elif req.labels is None and req.choose is None:
+        elif req.labels is None and req.choose is None and both.changed():
             session = serve(run.root, both, run.classnames, req, on_ready)
             answers = session.answers
-            notes += [f"{len(session.missing)} image(s) not found (moved or deleted): skipped"] * bool(session.missing)
+            if session.missing:
+                notes.append(f"{len(session.missing)} image(s) not found (moved or deleted): skipped")
         if answers.elsewhere:
             notes.append(f"{answers.elsewhere} answer(s) in {VERIFY_FILE} are for images no longer in the changed set")
         est = estimate_of(both, answers)

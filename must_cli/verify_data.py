@@ -69,16 +69,16 @@ def relative_paths(images: Path, paths: Sequence[Path]) -> list[str]:
         try:
             out.append(Path(p).relative_to(images).as_posix())
         except ValueError:
-            out.append(os.fsdecode(Path(p).resolve()))
+            out.append(os.fsdecode(p))
     return out
 
 
 def save_both(run: Path, images: Path, paths: Sequence[Path], zero_shot: ModelLabels, adapted: ModelLabels,
               found: int, adapted_model: str = "ema-teacher") -> Path:
     """Write RUN/predictions-both.json atomically."""
-    images = Path(images).resolve()
+    images = Path(os.path.abspath(images))  # absolute, symlinks kept: a linked file stays inside the folder
     doc = {"format": FORMAT, "images": os.fsdecode(images), "found": found, "adapted_model": adapted_model,
-           "paths": relative_paths(images, [Path(p).resolve() for p in paths]),
+           "paths": relative_paths(images, [Path(os.path.abspath(p)) for p in paths]),
            "zero_shot": zero_shot.__dict__, "adapted": adapted.__dict__}
     atomic_write_text(run / BOTH_FILE, json.dumps(doc, separators=(",", ":")) + "\n")
     return run / BOTH_FILE

@@ -139,6 +139,9 @@ def summary_lines(est: GainEstimate) -> list[str]:
     t = est.tally
     lines = [f"{est.changed:,} of {est.predicted:,} images changed label ({100 * est.share_changed:.1f}%); "
              f"{t.labels:,} answered, {t.skipped:,} skipped"]
+    if est.changed == 0:
+        lines.append("no label changed, so the gain is exactly 0 on these images: nothing to verify")
+        return lines
     if est.gain is None:
         lines.append(f"gain: not known yet; about {labels_for_margin(est.share_changed, est.changed)} answers give "
                      "it to +-2 points")
