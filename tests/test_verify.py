@@ -250,3 +250,13 @@ def test_resume_after_a_kill_and_a_second_verify_refused(verify_run):
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "3 answered, 0 skipped" in out and "Traceback" not in err
+
+
+def test_a_run_whose_labels_did_not_change_has_nothing_to_verify(adapted_run, tmp_path):
+    run = Path(shutil.copytree(adapted_run, tmp_path / "same"))
+    doc = json.loads((run / BOTH_FILE).read_text())
+    doc["adapted"] = doc["zero_shot"]
+    (run / BOTH_FILE).write_text(json.dumps(doc))
+    r = CliRunner().invoke(app, ["verify", str(run), "--no-browser"])  # returns at once: no page to open
+    assert r.exit_code == 0, r.output
+    assert "0 of 24 images changed label" in r.output and "the gain is exactly 0" in r.output
