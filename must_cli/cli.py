@@ -14,7 +14,7 @@ from must_cli.cli_format import (
     version_lines,
 )
 from must_cli.config import AUTO_DEVICE, AUTO_WORKERS, INFERENCE_BATCH, MustConfig, preset_names
-from must_cli.progress import Reporter, images_bar
+from must_cli.progress import Reporter, emit, images_bar
 from must_cli.record import inputs_from_flags
 from must_cli.runs import LATEST_RUN, RUNS_DIR, check_inputs_cheaply, model_path, plan_run
 
@@ -165,11 +165,11 @@ def init(
         for label, (width, height) in (("smallest", survey.smallest), ("median", survey.median), ("largest", survey.largest)):
             table.add_row(label, f"{width} x {height}")
         out.print(table)
-        out.print(f"suggested preset: [bold]{survey.preset}[/] ({escape(survey.reason)}), written into must.toml", soft_wrap=True)
+        emit(out, f"suggested preset: {survey.preset} ({survey.reason}), written into must.toml")
     for path in written:
-        out.print(f"wrote {escape(display_name(path))}", soft_wrap=True)
-    out.print(f"next: edit {escape(display_name(written[1]))}, then run must adapt {escape(display_name(images or 'IMAGES'))} "
-              f"--classes {escape(display_name(written[1]))} --config {escape(display_name(written[0]))}", soft_wrap=True)
+        emit(out, f"wrote {display_name(path)}")
+    emit(out, f"next: edit {display_name(written[1])}, then run `must adapt {display_name(images or 'IMAGES')} "
+              f"--classes {display_name(written[1])} --config {display_name(written[0])}`")
 
 
 @app.command(cls=MustCommand, short_help="Label a folder of images; write CSV/JSONL or sort.")
@@ -209,7 +209,7 @@ def predict(
         Console().print(table)
     elif output is None:
         err_console.print(f"{len(result.predictions):,} rows: not printed; pass --output FILE.csv or FILE.jsonl to keep them")
-    say = lambda msg: err_console.print(escape(msg), highlight=False, soft_wrap=True)  # noqa: E731
+    say = lambda msg: emit(err_console, msg)  # noqa: E731
     for name, folder in result.renamed.items():
         say(f"class {name!r} -> folder {folder!r}")
     for note in result.notes:
@@ -239,9 +239,8 @@ def export(
     r = run_export(model_path(model), format, output, opset, fp16, verify)
     check = (f"max |probability difference| vs PyTorch fp32 {r.max_diff:.1e} (tolerance {r.tolerance:g})"
              if r.max_diff is not None else "not verified (--no-verify)")
-    err_console.print(escape(f"wrote {r.path} ({r.format}{', fp16' if r.fp16 else ''}"
-                             f"{f', opset {r.opset}' if r.opset else ''}) in {r.seconds:.1f} s; {check}"),
-                      highlight=False, soft_wrap=True)
+    emit(err_console, f"wrote {r.path} ({r.format}{', fp16' if r.fp16 else ''}"
+                      f"{f', opset {r.opset}' if r.opset else ''}) in {r.seconds:.1f} s; {check}")
 
 
 @app.command(cls=MustCommand, short_help="Rebuild a run's report.html.")

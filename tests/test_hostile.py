@@ -376,7 +376,8 @@ def test_export_to_a_read_only_place_is_one_line_error(adapted_run, tmp_path, mo
 
 
 def test_sort_into_inside_the_image_folder_is_left_out_of_the_scan(adapted_run, tmp_path):
-    """Each rerun used to sort its own copies again (40 -> 80 -> 160 files); now only the 6 photos, every time."""
+    """Each rerun used to sort its own copies again (40 -> 80 -> 160 files); then it added the 6 photos again as
+    _2, _3 copies (issue 21, item 6); now a rerun leaves the folder as it was."""
     images = make_color_images(tmp_path / "photos", per_class=2)
     target = images / "sorted"
     sorted_files = []
@@ -386,7 +387,7 @@ def test_sort_into_inside_the_image_folder_is_left_out_of_the_scan(adapted_run, 
         out = " ".join(r.output.split())
         assert "6 images in" in out and "is inside" in out and "left out of the scan" in out
         sorted_files.append(sum(1 for p in target.rglob("*") if p.is_file()))
-    assert sorted_files == [6, 12, 18]  # grows by the 6 photos per rerun, not by doubling
+    assert sorted_files == [6, 6, 6]  # identical copies already in place are skipped
     assert sum(1 for p in images.iterdir() if p.is_file()) == 6  # the originals are untouched
 
 

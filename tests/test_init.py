@@ -105,3 +105,11 @@ def test_init_for_large_photos_says_why_the_model_fits(tmp_path):
 def test_a_config_without_survey_ends_with_a_newline(tmp_path):
     assert runner.invoke(app, ["init", str(tmp_path)]).exit_code == 0
     assert (tmp_path / "must.toml").read_text().endswith("\n")
+
+
+def test_init_says_the_next_command_as_one_command_to_copy(tmp_path):
+    result = runner.invoke(app, ["init", str(tmp_path / "proj")])
+    assert result.exit_code == 0, result.output
+    proj = tmp_path / "proj"
+    assert (f"then run `must adapt IMAGES --classes {proj / 'classes.txt'} --config {proj / 'must.toml'}`"
+            in result.output), result.output
