@@ -169,7 +169,10 @@ def test_tensorboard_missing_is_a_one_line_error(tmp_path, monkeypatch):
 
 
 def test_sections_stay_compact_for_1000_classes(tmp_path):
-    """Many classes: per-class figures switch form, matrices keep to the top classes, tables to the top rows."""
+    """Many classes: per-class figures switch form, matrices keep to the top classes, tables to the top rows.
+
+    Cost is checked as a ratio, not a wall-clock bound: 1,000 classes may cost at most 10x what 20 cost
+    (the matrices' cap; measured about 1x); a figure or table per class or pair would cost far more."""
     import time
 
     import numpy as np
@@ -177,20 +180,26 @@ def test_sections_stay_compact_for_1000_classes(tmp_path):
     from must_cli.report import accuracy, flips, pseudo_labels, render
     from must_cli.report_data import Labeled, Preds, ReportData, RunFolder
 
-    k, n = 1000, 2000
+    n = 2000
     rng = np.random.default_rng(0)
 
     def preds(labels: np.ndarray) -> Preds:
         return Preds(labels, rng.uniform(0.2, 1.0, n).astype(np.float32))
 
-    zs = rng.integers(0, k, n)
-    ad = np.where(rng.uniform(size=n) < 0.3, rng.integers(0, k, n), zs)
-    run = RunFolder(tmp_path, [], {"threshold": 0.7}, [f"class {i}" for i in range(k)], [], {})
-    d = ReportData(run, "test", tmp_path, [tmp_path / f"{i}.jpg" for i in range(n)], n, preds(zs), preds(ad))
-    d.labeled = Labeled(tmp_path, zs, preds(zs), preds(ad))
-    start = time.perf_counter()
-    html = "".join(render(i, part(d)) for i, part in enumerate((pseudo_labels, flips, accuracy), start=3))
-    assert time.perf_counter() - start < 30
+    def sections(k: int) -> tuple[str, float]:
+        zs = rng.integers(0, k, n)
+        ad = np.where(rng.uniform(size=n) < 0.3, rng.integers(0, k, n), zs)
+        run = RunFolder(tmp_path, [], {"threshold": 0.7}, [f"class {i}" for i in range(k)], [], {})
+        d = ReportData(run, "test", tmp_path, [tmp_path / f"{i}.jpg" for i in range(n)], n, preds(zs), preds(ad))
+        d.labeled = Labeled(tmp_path, zs, preds(zs), preds(ad))
+        start = time.perf_counter()
+        html = "".join(render(i, part(d)) for i, part in enumerate((pseudo_labels, flips, accuracy), start=3))
+        return html, time.perf_counter() - start
+
+    sections(20)  # matplotlib's first figure pays for fonts and caches
+    few = sections(20)[1]
+    html, many = sections(1000)
+    assert many < 10 * few, (many, few)
     assert html.count("<tr>") <= 3 * 13 + 3  # top-N tables, not one row per class or pair
     assert len(html) < 2_000_000
     assert "the 20 classes most involved in changes" in html
