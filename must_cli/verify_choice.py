@@ -20,6 +20,7 @@ from must_cli import __version__
 from must_cli.checkpoint import MODEL_FORMAT, atomic_write, load_checkpoint, read_metadata, save_model
 from must_cli.errors import MustError
 from must_cli.model import MustModel, build_must_model
+from must_cli.record import read_record
 from must_cli.runs import MODEL_FILE, checkpoints_of, list_checkpoints
 from must_cli.verify_data import ADAPTED_MODEL_FILE
 from must_cli.verify_stats import GainEstimate
@@ -58,6 +59,18 @@ def _adapted_from_checkpoint(run: Path, meta: dict[str, Any]) -> MustModel:
     return model
 
 
+def refuse_warm_start(run: Path) -> None:
+    """A warm-started run's "zero-shot" labels came from the warm tower with a text head, not from the base CLIP
+    that --choose would rebuild: refuse rather than ship a model verify never compared."""
+    try:
+        command = read_record(run).command
+    except MustError:
+        return
+    if any(arg.startswith("--init-from") for arg in command.split()):
+        raise MustError(f"{run} was warm-started (--init-from): verify compared it with the warm-start model, not "
+                        "with the base CLIP --choose zero-shot would ship; ship that run's model instead")
+
+
 def _rewrite(src: Path, dst: Path, meta: dict[str, Any]) -> None:
     """Write ``src``'s tensors, unchanged, to ``dst`` with ``meta`` as header (atomic: a kill keeps the old file)."""
     tensors = load_file(str(src))
@@ -80,6 +93,7 @@ def choose_model(run: Path, which: str, est: GainEstimate, source: str) -> str:
         _rewrite(shipped, shipped, meta)
         return f"{shipped} already was the {which} classifier: the verified gain is now recorded in it"
     if which == "zero-shot":
+        refuse_warm_start(run)
         _rewrite(shipped, kept, {**meta, "chosen": "ema-teacher (kept beside the shipped zero-shot)"})
         save_model(shipped, _zero_shot(meta), {**meta, "chosen": f"zero-shot ({VERIFIED})"})
         return f"{shipped} is now the zero-shot classifier; the adapted model is kept in {kept}"

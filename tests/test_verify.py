@@ -260,3 +260,13 @@ def test_a_run_whose_labels_did_not_change_has_nothing_to_verify(adapted_run, tm
     r = CliRunner().invoke(app, ["verify", str(run), "--no-browser"])  # returns at once: no page to open
     assert r.exit_code == 0, r.output
     assert "0 of 24 images changed label" in r.output and "the gain is exactly 0" in r.output
+
+
+def test_choose_zero_shot_refuses_a_warm_started_run(verify_run):
+    config = verify_run / "config.toml"
+    text = config.read_text()
+    assert "\ncommand = " in text
+    config.write_text(text.replace("\ncommand = \"must adapt ", "\ncommand = \"must adapt --init-from runs/old "))
+    r = CliRunner().invoke(app, ["verify", str(verify_run), "--choose", "zero-shot"])
+    one_line_error(r, "was warm-started (--init-from)")
+    assert not (verify_run / ADAPTED_MODEL_FILE).exists()
