@@ -142,7 +142,8 @@ def extract_cifar(shared: Path, work: Path) -> Path:
 
 
 def model_inputs(work: Path, setting: str, folder: Path | None = None) -> tuple[str, Path, Path]:
-    """(local-dir spec, classes file, templates file) from the proxy_info of ``folder`` (default: the setting's stand-in)."""
+    """(local-dir spec, classes file, templates file) written from the ``proxy_info`` of a stand-in's folder
+    (default: the setting's stand-in)."""
     folder = folder or MODELS[setting]
     info = json.loads((folder / "open_clip_config.json").read_text())["proxy_info"]
     out = work / "prompts" / folder.name
