@@ -29,7 +29,7 @@ section() {  # NAME LIMIT_S ARGS...: one throughput.py run
     local name=$1 limit=$2
     shift 2
     local start=$SECONDS
-    timeout "$limit" $py benchmarks/throughput.py "$@" --out "$out/$name.json" >"$out/$name.log" 2>&1
+    timeout "$limit" $py -m benchmarks.throughput "$@" --out "$out/$name.json" >"$out/$name.log" 2>&1
     echo "$name: exit $? after $((SECONDS - start)) s"
 }
 
@@ -47,8 +47,7 @@ import json, shutil, sys
 from pathlib import Path
 import open_clip
 from safetensors.torch import save_file
-sys.path.insert(0, "benchmarks")
-from throughput import photo
+from benchmarks.throughput import photo
 root = Path(sys.argv[1]) / "e2e"
 shutil.rmtree(root, ignore_errors=True)
 model_dir, images = root / "vit-b-16-random", root / "images"
