@@ -9,6 +9,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -57,6 +58,8 @@ def one_line_errors(fn: Callable) -> Callable:
                 raise
             err_console.print("[bold red]interrupted[/]")
             raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, click.ClickException):
+            raise  # click's own control flow (RuntimeError subclasses), not a failure
         except Exception:
             problem = None if session.debug else stack_problem()
             if problem is None:

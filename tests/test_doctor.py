@@ -67,3 +67,21 @@ def test_a_healthy_stack_has_no_problem():
     env = doctor.describe_environment()
     assert env.problem is None and env.device in ("cpu", "cuda") and set(env.features) == {
         "bf16", "torch.compile", "fused AdamW"}
+
+
+def test_only_real_failures_probe_the_stack(monkeypatch):
+    """typer.Exit is a RuntimeError: it passes through untouched; a bug with a healthy stack keeps its traceback."""
+    import typer
+
+    import must_cli.cli_format as cli_format
+
+    probed: list[int] = []
+    monkeypatch.setattr(cli_format, "stack_problem", lambda: probed.append(1))
+    exits = cli_format.one_line_errors(lambda: (_ for _ in ()).throw(typer.Exit(3)))
+    with pytest.raises(typer.Exit):
+        exits()
+    assert probed == []
+    bug = cli_format.one_line_errors(lambda: {}["missing"])
+    with pytest.raises(KeyError):
+        bug()
+    assert probed == [1]
