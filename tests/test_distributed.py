@@ -77,7 +77,7 @@ def test_only_rank_zero_writes_and_draws(runs):
     assert list(runs["work"].iterdir()) == [runs_dir]
     files = sorted(str(p.relative_to(runs["two"])) for p in runs["two"].rglob("*") if p.is_file())
     assert files == ["checkpoints/step-00000001.pt", "checkpoints/step-00000002.pt", "config.toml",
-                     "metrics.jsonl", "model.safetensors", "report.html", "run-record.json"]
+                     "metrics.jsonl", "model.safetensors", "predictions-both.json", "report.html", "run-record.json"]
     model, meta = load_model(runs["two"])
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3)
     assert runs["stderr"].count("2 process(es) x batch 3 x accum 1 = 6") == 1
