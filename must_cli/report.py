@@ -25,6 +25,7 @@ from must_cli.images import ImageReadError, display_name, load_rgb
 from must_cli.model import MustModel
 from must_cli.runtime import pick_device
 from must_cli.report_data import ReportData, compute, read_run, write_record
+from must_cli.verify_session import verdict_line
 from must_cli.verify_stats import labels_for_margin
 from must_cli import report_plots as plots
 
@@ -269,11 +270,9 @@ def gain(d: ReportData) -> Section:
                                                f"{100 * v.high:+.1f})"))
         rows.append(("labels behind it", f"{v.tally.labels:,} of {v.changed:,} changed images"
                                          f" ({v.tally.skipped:,} skipped)"))
-        said = {"helped": "Verified: adaptation helped on these images (the whole 90% interval is above 0).",
-                "hurt": "Verified: adaptation lost accuracy on these images (the whole 90% interval is below 0). "
-                        f"Ship the zero-shot classifier instead with <code>must verify {run} --choose zero-shot</code>.",
-                "unknown": "Not known yet: the 90% interval still includes 0. Label more images with "
-                           f"<code>must verify {run}</code>."}[v.verdict]
+        said = esc(verdict_line(v)[0].upper() + verdict_line(v)[1:]) + "." + {
+            "hurt": f" Ship the zero-shot classifier instead: <code>must verify {run} --choose zero-shot</code>.",
+            "helped": "", "unknown": f" Label more with <code>must verify {run}</code>."}[v.verdict]
     else:
         said = (f"Not verified: no labels yet. <code>must verify {run}</code> shows you changed images one at a time; "
                 f"about {labels_for_margin(share, changed)} answers give the gain to +-2 points."

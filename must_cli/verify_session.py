@@ -149,9 +149,19 @@ def summary_lines(est: GainEstimate) -> list[str]:
     exact = t.labels == est.changed and est.found == est.predicted
     lines.append(f"gain {points(est.gain)} points" + (" (exact: every changed image is labeled)" if exact else
                  f", 90% interval {points(est.low)} to {points(est.high)}"))
-    lines.append({"helped": "adaptation helped: the whole interval is above 0",
-                  "hurt": "adaptation LOST accuracy: the whole interval is below 0",
-                  "unknown": "not known yet whether adaptation helped: keep labeling"
-                  + (f" (a verdict needs at least {MIN_VERDICT_LABELS} answers)" if t.labels < MIN_VERDICT_LABELS else
-                     " (the interval still includes 0)")}[est.verdict])
+    lines.append(verdict_line(est))
     return lines
+
+
+def verdict_line(est: GainEstimate) -> str:
+    """The verdict in plain words, and why there is none yet (verify_stats.VERDICT_Z says why it waits)."""
+    if est.verdict == "helped":
+        return "adaptation HELPED: the whole interval is above 0 (and stays so at 99%)"
+    if est.verdict == "hurt":
+        return "adaptation LOST accuracy: the whole interval is below 0 (and stays so at 99%)"
+    if est.tally.labels < MIN_VERDICT_LABELS:
+        return f"not known yet whether adaptation helped: keep labeling (a verdict needs {MIN_VERDICT_LABELS} answers)"
+    if est.low is not None and (est.low > 0 or est.high < 0):
+        return (f"not sure yet: the 90% interval is {'above' if est.low > 0 else 'below'} 0, but it is seen after "
+                "every answer, so a verdict waits for the 99% interval to exclude 0 too: keep labeling")
+    return "not known yet whether adaptation helped: the interval still includes 0; keep labeling"

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from must_cli.verify_stats import (
-    MIN_VERDICT_LABELS, Z, Tally, estimate_gain, fpc, labels_for_margin, paired_difference, wilson,
+    MIN_VERDICT_LABELS, VERDICT_Z, Z, Tally, estimate_gain, fpc, labels_for_margin, paired_difference, wilson,
 )
 
 
@@ -100,6 +100,9 @@ def test_no_verdict_before_enough_answers():
     assert estimate_gain(Tally(adapted=MIN_VERDICT_LABELS), changed=500, predicted=5000).verdict == "helped"
     assert estimate_gain(Tally(zero_shot=30, neither=10), changed=500, predicted=5000).verdict == "hurt"
     assert estimate_gain(Tally(adapted=15, zero_shot=15), changed=500, predicted=5000).verdict == "unknown"
+    between = estimate_gain(Tally(adapted=15, zero_shot=5), changed=500, predicted=5000)
+    assert between.low > 0 and between.verdict == "unknown"  # the 90% interval excludes 0, the 99% one does not
+    assert estimate_gain(Tally(adapted=15, zero_shot=5), changed=500, predicted=5000, z=VERDICT_Z).low < 0
 
 
 def test_labels_for_a_two_point_interval():
