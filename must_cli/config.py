@@ -96,7 +96,7 @@ class MustConfig(BaseModel):
     device: str = Field(AUTO_DEVICE, description="auto, cpu, cuda or cuda:N")
     workers: int = Field(AUTO_WORKERS, ge=-1, description="DataLoader worker processes (-1: the cores, split among local processes, less one)")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU")
-    compile: bool | Literal["auto"] = Field("auto", description="torch.compile the student and teacher (auto: on CUDA only; true: also on CPU, where inductor needs a C++ compiler and gains little); a failure at the first step falls back to eager")
+    compile: bool | Literal["auto"] = Field("auto", description="torch.compile the student and teacher (auto: on CUDA only; true: also on CPU, where inductor needs a C++ compiler and measured no faster); a failure at the first step falls back to eager")
     grad_checkpointing: bool = Field(False, description="trade compute for memory in the transformer blocks")
     cache: bool = Field(True, description="store a resized copy of large photos so later epochs decode small files")
     cache_dir: str = Field("", description="folder for that copy (empty: <output>/cache); share it between runs")

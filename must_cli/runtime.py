@@ -76,7 +76,7 @@ def thread_budget(workers: int) -> int:
 def adamw_kind(device: torch.device) -> str:
     """The fastest AdamW implementation torch has for ``device``: fused, else foreach (GPU), else plain.
 
-    fused is one kernel over all tensors (on CPU too: 1.6x faster per step than the per-tensor loop,
+    fused is one kernel over all tensors (on CPU too: 2.8x faster per step than the per-tensor loop,
     docs/benchmarks.md); foreach batches tensors into few kernel launches, which pays only where
     launches cost (GPU). torch checks fused support only at the first step, so ask its device list.
     """
