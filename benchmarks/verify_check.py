@@ -22,7 +22,7 @@ and corruptions where adaptation is known to hurt (docs/benchmarks.md, held-out 
 Each run is adapted once (its folder is reused when the script is started again) and results are
 written after every run, so a stopped job loses nothing.
 
-    nohup python benchmarks/verify_check.py > benchmarks/_work/verify.log 2>&1 &
+    nohup python -m benchmarks.verify_check > benchmarks/_work/verify.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import platform
-import shlex
 import statistics
 import sys
 import time
@@ -42,13 +40,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from corruptions import corrupt_folder  # noqa: E402  (sibling scripts, not a package)
-from proxy import REPO, STANDIN, balanced_subset, extract_cifar, link_flat, link_labeled, materialize, model_inputs, must  # noqa: E402
-
-from must_cli.verify_data import load_both  # noqa: E402
-from must_cli.verify_log import outcome_of  # noqa: E402
-from must_cli.verify_stats import Tally, estimate_gain  # noqa: E402
+from benchmarks.common import (
+    REPO, SHARED, STANDIN, balanced_subset, extract_cifar, link_flat, link_labeled, materialize, model_inputs, must,
+    provenance, write_json,
+)
+from benchmarks.corruptions import corrupt_folder
+from must_cli.verify_data import load_both
+from must_cli.verify_log import outcome_of
+from must_cli.verify_stats import Tally, estimate_gain
 
 CHECKPOINTS = (10, 20, 40, 80)  # labels after which coverage is counted
 WIDTHS = (20, 40, 80)  # labels after which the median half-width is reported
@@ -95,7 +94,7 @@ SPECS = [  # the demo first: the target is its half-width at 40 labels; losing r
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shared", type=Path, default=REPO.parent / "shared", help="folder with models/ and data/")
+    p.add_argument("--shared", type=Path, default=SHARED, help="folder with models/ and data/")
     p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "_work" / "verify")
     p.add_argument("--orders", type=int, default=200, help="random labeling orders per run")
     p.add_argument("--runs", type=int, default=len(SPECS), help="only the first N runs")
@@ -220,15 +219,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     start = time.time()
     cifar = extract_cifar(args.shared, args.work)
-    report = {"command": shlex.join(["python", *sys.argv]), "machine": {"platform": platform.platform(),
-              "python": platform.python_version()}, "rows": []}
+    report = {**provenance("benchmarks.verify_check", argv, "cpu"), "rows": []}
     for spec in SPECS[:args.runs]:
         folder, truth, _ = adapt(spec, args, cifar)
         row = measure(spec, folder, truth, args.orders)
         report["rows"].append(row)
         report.update(date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       seconds=round(time.time() - start, 1), summary=summarize(report["rows"]))
-        args.json.write_text(json.dumps(report, indent=2) + "\n")  # results as they land
+        write_json(args.json, report)  # results as they land
         print(f"{spec.name}: true gain {row['true_gain']:+.1f} on {row['images']} images, {row['changed']} changed; "
               f"coverage {row['coverage']}; half-width {row['median_half_width']}", file=sys.stderr, flush=True)
 
