@@ -192,6 +192,13 @@ def test_list_writes_the_next_images_to_label(verify_run):
     both = load_both(verify_run)
     assert rows[0] == "image,class" and len(rows) == 6
     assert {Path(row[:-1]).name for row in rows[1:]} <= {both.paths[i] for i in both.changed()}
+    # filled in elsewhere (paths as written: absolute), the list goes back in with --labels
+    filled = [rows[0]] + [f"{row[:-1]},{CLASSES[truth_of(row[:-1])]}" for row in rows[1:]]
+    (verify_run / "to-label.csv").write_text("\n".join(filled) + "\n")
+    r = CliRunner().invoke(app, ["verify", str(verify_run), "--labels", str(verify_run / "to-label.csv")])
+    assert r.exit_code == 0 and "5 answered, 0 skipped" in r.output, r.output
+    r = CliRunner().invoke(app, ["verify", str(verify_run), "--list", "100"])  # at most the unanswered ones
+    assert len((verify_run / "to-label.csv").read_text().splitlines()) == 1 + CHANGED
 
 
 def test_choose_zero_shot_keeps_the_adapted_model_and_predict_uses_the_choice(verify_run, tmp_path):
