@@ -160,8 +160,10 @@ def show_verify_summary(result: Any, json_out: Any = None) -> None:
     if result.chosen:
         out.print(escape(result.chosen))
     if result.suggestion:
-        out.print(escape(f"the adapted model is verified to be worse: ship zero-shot instead with `{result.suggestion}` "
-                         "(the adapted model is kept beside it)"))
+        why = ("the adapted model is verified to be worse" if result.estimate.verdict == "hurt" else
+               "the whole 90% interval is below 0 (label more to be sure, or act now)")
+        out.print(escape(f"{why}: ship zero-shot instead with `{result.suggestion}` (the adapted model is kept "
+                         "beside it)"))
     if json_out:
         out.print(escape(f"summary written to {json_out}"))
 

@@ -56,7 +56,7 @@ class VerifyResult:
     notes: list[str] = field(default_factory=list)
     listed: Path | None = None
     chosen: str | None = None  # what --choose did, in words
-    suggestion: str | None = None  # the command that ships zero-shot, when the gain is verified below 0
+    suggestion: str | None = None  # the command that ships zero-shot, when the whole 90% interval is below 0
 
 
 def open_run(req: VerifyRequest, warn: Callable[[str], None]) -> tuple[Any, BothPredictions]:
@@ -171,7 +171,7 @@ def run_verify(req: VerifyRequest, on_ready: Callable[[str], None] = lambda url:
         result = VerifyResult(run.root, est, source, summary_lines(est), notes, listed)
         if req.choose is not None:
             result.chosen = choose_model(run.root, req.choose, est, source)
-        elif est.verdict == "hurt" and not str(run.meta.get("chosen", "")).startswith("zero-shot"):
+        elif est.high is not None and est.high < 0 and not str(run.meta.get("chosen", "")).startswith("zero-shot"):
             result.suggestion = (f"must verify {run.root} --choose zero-shot"
                                  + (f" --labels {req.labels}" if req.labels else ""))
         if req.json_out is not None:
