@@ -8,6 +8,8 @@ import contextlib
 import copy
 import functools
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -105,9 +107,11 @@ def test_an_epoch_on_tensors_steps_logs_and_checkpoints(tmp_path):
 
 
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+CXX = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
+                         reason="inductor's CPU backend needs a C++ compiler")
 
 
-@pytest.mark.parametrize("device", [pytest.param(CPU, marks=pytest.mark.slow, id="cpu-inductor"),
+@pytest.mark.parametrize("device", [pytest.param(CPU, marks=[pytest.mark.slow, CXX], id="cpu-inductor"),
                                     pytest.param(torch.device("cuda"), marks=[pytest.mark.gpu, GPU], id="cuda")])
 def test_the_compiled_step_trains_like_eager_and_a_second_epoch_does_not_recompile(tmp_path, device):
     """The real MUST step as `must adapt --compile` runs it (build_nets -> compile_for_training -> Trainer),
