@@ -31,7 +31,7 @@ def pick_device(name: str) -> torch.device:
 
 
 def autocast_for(device: torch.device, precision: str) -> Autocast:
-    """bf16 autocast on CUDA (student and teacher), plain fp32 elsewhere."""
+    """bf16 autocast (student and teacher) when asked, on any device, or by default on CUDA; else plain fp32."""
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     if use_bf16:
         return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
@@ -97,7 +97,7 @@ def adamw(groups: list[dict], device: torch.device, betas: tuple[float, float]) 
 
 
 def compile_wanted(setting: bool | str, device: torch.device) -> bool:
-    """The compile setting: True or False as given, "auto" on CUDA only (inductor on CPU gains little)."""
+    """The compile setting: True or False as given, "auto" on CUDA only (on CPU inductor measured no faster)."""
     return setting is True or (setting == "auto" and device.type == "cuda")
 
 
