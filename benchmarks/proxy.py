@@ -38,16 +38,10 @@ from must_cli.checkpoint import atomic_write_text, read_metadata
 from must_cli.config import load_preset
 from must_cli.errors import MustError
 
-if __package__:
-    from benchmarks.common import (DEV_CORRUPTIONS, MODELS, REPO, SEVERITY, SHARED, STANDIN, balanced_subset,  # noqa: F401
-                                   device_args, extract_cifar, link_flat, link_labeled, log, machine as machine_of,
-                                   materialize, model_inputs, must, provenance, train_slice, write_json, zero_shot_args)
-    from benchmarks.corruptions import CORRUPTIONS, corrupt_folder
-else:  # imported as `proxy` by preset_grid.py / verify_check.py run as files: goes when they import benchmarks.common
-    from common import (DEV_CORRUPTIONS, MODELS, REPO, SEVERITY, SHARED, STANDIN, balanced_subset,  # noqa: F401
-                        device_args, extract_cifar, link_flat, link_labeled, log, machine as machine_of,
-                        materialize, model_inputs, must, provenance, train_slice, write_json, zero_shot_args)
-    from corruptions import CORRUPTIONS, corrupt_folder
+from benchmarks.common import (DEV_CORRUPTIONS, MODELS, REPO, SEVERITY, SHARED, balanced_subset, device_args,
+                               extract_cifar, link_flat, link_labeled, log, materialize, model_inputs, must, provenance,
+                               train_slice, write_json, zero_shot_args)
+from benchmarks.corruptions import CORRUPTIONS, corrupt_folder
 
 SETTINGS = tuple(MODELS)
 VARIANT_FLAGS: dict[str, list[str]] = {
@@ -311,11 +305,6 @@ def markdown(rows: list[dict], targets: list[dict], variants: Sequence[str], cap
     lines += [f"- {t['target']}: {verdict[t['holds']]}" + (f" ({t['detail']})" if t["holds"] is not None else "")
               for t in targets]
     return "\n".join(lines) + "\n"
-
-
-def machine(args: argparse.Namespace) -> dict:
-    """common.machine for callers that pass their arguments (preset_grid.py): goes when it calls common.machine."""
-    return machine_of(args.device)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
