@@ -95,7 +95,7 @@ def test_write_json_makes_the_folder_and_a_failed_write_keeps_the_old_result(tmp
 
 
 REPO = Path(common.__file__).resolve().parents[1]
-# Written before benchmarks/ became a package; they still put benchmarks/ on sys.path until converted.
+# Written before benchmarks/ became a package; its owner is converting it (then drop it from here).
 NOT_YET_CONVERTED = {"benchmarks/preset_grid.py"}
 
 
