@@ -95,8 +95,6 @@ def test_write_json_makes_the_folder_and_a_failed_write_keeps_the_old_result(tmp
 
 
 REPO = Path(common.__file__).resolve().parents[1]
-# Written before benchmarks/ became a package; its owner is converting it (then drop it from here).
-NOT_YET_CONVERTED = {"benchmarks/preset_grid.py"}
 
 
 def test_no_script_or_test_edits_sys_path():
@@ -104,12 +102,12 @@ def test_no_script_or_test_edits_sys_path():
     files = [*REPO.glob("benchmarks/*.py"), *REPO.glob("benchmarks/*.sh"), *REPO.glob("tests/*.py")]
     offenders = [str(p.relative_to(REPO)) for p in files
                  if re.search(r"sys\.path\.(insert|append)\(", p.read_text()) and p != Path(__file__).resolve()]
-    assert sorted(set(offenders) - NOT_YET_CONVERTED) == []
+    assert offenders == []
 
 
 def test_every_benchmark_script_imports_as_a_module():
     """No test runs most scripts, so a moved must_cli name would break them silently: import them all."""
-    names = sorted(p.stem for p in REPO.glob("benchmarks/*.py") if f"benchmarks/{p.name}" not in NOT_YET_CONVERTED)
+    names = sorted(p.stem for p in REPO.glob("benchmarks/*.py"))
     code = "import importlib\nfor name in %r:\n    importlib.import_module('benchmarks.' + name)\n" % names
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
