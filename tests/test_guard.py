@@ -5,7 +5,8 @@ import math
 
 import torch
 
-from must_cli.guard import guard, guard_sample, label_balance, sample_labels
+from must_cli.config import MustConfig
+from must_cli.guard import guard, guard_sample, label_balance, prediction_balance, sample_labels
 from must_cli.inference import predict_labels
 from must_cli.model import build_must_model
 from must_cli.verify_data import ModelLabels
@@ -44,6 +45,23 @@ def test_guard_threshold_comes_from_the_config():
     assert 0 < balance < 1
     assert guard(skewed, SPREAD, len(CLASSES), min_balance=balance * 0.99) is None
     assert guard(skewed, SPREAD, len(CLASSES), min_balance=min(1.0, balance * 1.01)) is not None
+
+
+def test_by_default_a_small_drop_in_balance_ships_zero_shot_and_says_labels_decide():
+    """The preset grid's brake: any measurable drop below zero-shot's balance (docs/presets.md)."""
+    min_balance = MustConfig().guard_min_balance
+    k, per = len(CLASSES), 100
+    zero_shot = ModelLabels([c for c in range(k) for _ in range(per)], [0.9] * (k * per))
+    drifted = ModelLabels([0] * (per + 16) + [1] * (per - 16) + [2] * per, [0.9] * (k * per))
+    more_balanced = zero_shot  # as balanced as zero-shot: never braked
+    drop = 1 - prediction_balance(drifted.labels, k) / prediction_balance(zero_shot.labels, k)
+    assert 0 < drop < 0.01  # a drift, far from a collapse
+    note = guard(drifted, zero_shot, k, min_balance)
+    assert note is not None and "less balanced than zero-shot's" in note and "must verify RUN" in note
+    assert "collapsed" not in note
+    assert guard(more_balanced, zero_shot, k, min_balance) is None
+    slightly = ModelLabels([0] * (per + 2) + [1] * (per - 2) + [2] * per, [0.9] * (k * per))
+    assert guard(slightly, zero_shot, k, min_balance) is None  # a drop under 0.5% is not one
 
 
 def test_sample_labels_match_predict_labels_and_mark_unreadable_files(tiny_spec, unlabeled_images, tmp_path):
