@@ -62,6 +62,7 @@ def test_run_writes_resolved_config_and_metrics(adapted_run):
     assert not list(adapted_run.glob(".*tmp"))  # atomic writes leave no temp files
 
 
+@pytest.mark.slow
 def test_eval_dir_tracks_zero_shot_teacher_and_student(tmp_path, tiny_spec, classes_file, unlabeled_images,
                                                        labeled_images):
     out = tmp_path / "run"
@@ -92,6 +93,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, tiny_spec, classes_file, unlab
     one_line_error(adapt(unlabeled_images, "--classes", classes_file, "--model", tiny_spec, "--epochs", 0), "epochs")
 
 
+@pytest.mark.slow
 def test_offline_download_is_a_one_line_error(tmp_path, classes_file, unlabeled_images):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "80"}
     proc = subprocess.run(

@@ -13,6 +13,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "must_cli"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", ["must_cli.predict", "must_cli.evaluate", "must_cli.export"])
 def test_inference_commands_do_not_load_training(module):
     code = (f"import sys, {module}; "

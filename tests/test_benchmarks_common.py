@@ -105,6 +105,7 @@ def test_no_script_or_test_edits_sys_path():
     assert offenders == []
 
 
+@pytest.mark.slow
 def test_every_benchmark_script_imports_as_a_module():
     """No test runs most scripts, so a moved must_cli name would break them silently: import them all."""
     names = sorted(p.stem for p in REPO.glob("benchmarks/*.py"))

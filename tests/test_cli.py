@@ -151,6 +151,7 @@ def fake_packages(tmp_path, **modules: str) -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join([str(fake), os.environ.get("PYTHONPATH", "")])}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module, error", [
     ("torchvision", "RuntimeError('operator torchvision::nms does not exist')"),
     ("torch", "ImportError('libtorch_cpu.so: cannot open shared object file')"),
@@ -175,6 +176,7 @@ def run_must(args: list[str], tmp_path, **env: str) -> subprocess.CompletedProce
                           env={**os.environ, "COLUMNS": "200", **env}, cwd=tmp_path)
 
 
+@pytest.mark.slow
 def test_bad_arguments_fail_before_torch_is_imported(tmp_path, classes_file, unlabeled_images):
     """A `torch` that cannot be imported proves the checks run first."""
     fake = tmp_path / "fake"
@@ -200,6 +202,7 @@ def test_bad_arguments_fail_before_torch_is_imported(tmp_path, classes_file, unl
     assert os.listdir(tmp_path) == ["fake"]
 
 
+@pytest.mark.slow
 def test_no_network_is_one_line_error_from_the_real_command(tmp_path, classes_file, unlabeled_images):
     """An unreachable hub (no HF_HUB_OFFLINE set), end to end; how it is detected is counted in the next test."""
     env = {"HF_ENDPOINT": "http://10.255.255.1", "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf")}

@@ -32,6 +32,7 @@ from must_cli.cli import app
 
 from helpers import make_color_images
 
+pytestmark = pytest.mark.slow  # every test shares the module's real 2-process `must adapt --gpus 2` run
 torch.set_num_threads(1)
 ATOL = 1e-5
 RTOL = 1e-5

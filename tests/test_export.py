@@ -36,6 +36,7 @@ def check_metadata(props: dict[str, str], adapted_run) -> None:
     assert props["must_cli_version"] == __version__
 
 
+@pytest.mark.slow
 def test_onnx_matches_pytorch_with_metadata_and_dynamic_batch(adapted_run, tmp_path):
     pytest.importorskip("onnx", reason="onnx export tests need the 'export' extra")
     ort = pytest.importorskip("onnxruntime", reason="onnx export tests need the 'export' extra")
@@ -56,6 +57,7 @@ def test_onnx_matches_pytorch_with_metadata_and_dynamic_batch(adapted_run, tmp_p
         assert np.abs(probs - reference(adapted_run, x)).max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_onnx_fp16_within_its_tolerance(adapted_run, tmp_path):
     pytest.importorskip("onnxruntime", reason="onnx export tests need the 'export' extra")
     pytest.importorskip("onnxscript", reason="onnx export tests need the 'export' extra")

@@ -172,6 +172,7 @@ def test_bad_class_files_are_one_line_errors(common, unlabeled_images, tmp_path,
     assert sorted(os.listdir(tmp_path)) == ["classes.txt"]
 
 
+@pytest.mark.slow
 def test_bom_crlf_and_path_like_names_are_plain_labels(common, unlabeled_images, tmp_path):
     classes = tmp_path / "classes.txt"
     classes.write_bytes("\ufeffa/b\r\n..\r\n../up\r\n\r\n".encode("utf-8"))
@@ -182,6 +183,7 @@ def test_bom_crlf_and_path_like_names_are_plain_labels(common, unlabeled_images,
     assert sorted(os.listdir(tmp_path)) == ["classes.txt", "out"]
 
 
+@pytest.mark.slow
 def test_ten_thousand_classes(common, unlabeled_images, tmp_path):
     classes = tmp_path / "classes.txt"
     classes.write_text("".join(f"class {i}\n" for i in range(10_000)))
@@ -240,6 +242,7 @@ def test_output_under_a_regular_file_is_one_line_error(common, classes_file, unl
     assert isinstance(invoke("--debug", *args).exception, MustError)  # --debug: the exception, with its traceback
 
 
+@pytest.mark.slow
 def test_disk_full_during_a_checkpoint_keeps_the_previous_one(common, classes_file, unlabeled_images, tmp_path,
                                                              monkeypatch):
     out = tmp_path / "out"

@@ -26,6 +26,7 @@ def _cifar(root: Path, per_class: int) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_build_writes_a_loadable_clip_with_its_file_ranges(tmp_path):
     cifar, out = _cifar(tmp_path / "cifar10", 8), tmp_path / "standin"
     make_standin.main(["--cifar", str(cifar), "--out", str(out), "--image-files", "0:4", "--caption-files", "0:2",

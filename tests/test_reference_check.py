@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 REF = Path(os.environ.get("MUST_REFERENCE") or REPO.parent / "shared" / "reference" / "salesforce-MUST")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (REF / "engine_self_training.py").is_file(),
                     reason=f"no reference checkout at {REF} (set MUST_REFERENCE to the salesforce-MUST folder)")
 def test_one_training_run_matches_the_reference_step_for_step():

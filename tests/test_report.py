@@ -168,6 +168,7 @@ def test_tensorboard_missing_is_a_one_line_error(tmp_path, monkeypatch):
         TensorBoardLog(tmp_path / "tb")
 
 
+@pytest.mark.slow
 def test_sections_stay_compact_for_1000_classes(tmp_path):
     """Many classes: per-class figures switch form, matrices keep to the top classes, tables to the top rows.
 
@@ -229,6 +230,7 @@ def test_adapt_with_eval_dir_and_tensorboard(tmp_path, tiny_spec, classes_file, 
     assert list(tb.glob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_a_run_stopped_by_sigterm_still_writes_its_report(tmp_path, tiny_spec, classes_file, unlabeled_images):
     out = tmp_path / "run"
     argv = ["adapt", str(unlabeled_images), "--classes", str(classes_file), "--model", tiny_spec, "--epochs", "6",
@@ -285,6 +287,7 @@ def test_an_older_run_without_saved_labels_gets_them_predicted_once(run_copy, un
     assert "Did adaptation help?" in text
 
 
+@pytest.mark.slow
 def test_adapt_ends_with_the_report_and_how_to_verify(tmp_path, tiny_spec, classes_file, unlabeled_images):
     out = tmp_path / "run"
     r = CliRunner().invoke(app, [

@@ -29,6 +29,7 @@ from must_cli.cli import app
 
 from helpers import make_tiny_clip, one_line_error
 
+pytestmark = pytest.mark.slow  # every test builds on the module's real 36-step `must adapt` run
 torch.set_num_threads(1)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
 TIMING = {"seconds", "images_per_second"}

@@ -27,6 +27,7 @@ def test_compile_is_wanted_as_the_setting_says(setting, device, wanted):
     assert compile_wanted(setting, device) is wanted
 
 
+@pytest.mark.slow
 def test_compile_for_training_wraps_both_modules_sharing_their_parameters_and_unwraps_them():
     student, teacher = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
     assert compile_for_training(student, teacher, CPU, "auto") == (student, teacher)

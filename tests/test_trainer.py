@@ -168,6 +168,7 @@ def compile_fails(monkeypatch):
     torch._dynamo.reset()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["forward", "backward", "runtime"])
 def test_a_compile_failure_at_the_first_step_reruns_it_eager_with_nothing_lost(tmp_path, compile_fails, where):
     eager = make_trainer(tmp_path / "eager")
@@ -188,6 +189,7 @@ def test_a_compile_failure_at_the_first_step_reruns_it_eager_with_nothing_lost(t
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
+@pytest.mark.slow
 def test_a_failure_after_the_first_step_is_not_taken_for_a_compile_failure(tmp_path, monkeypatch):
     real_step, calls = engine.must_step, []
 

@@ -235,6 +235,7 @@ def start_verify(run: Path) -> tuple[subprocess.Popen, str]:
         assert time.monotonic() < deadline
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_and_a_second_verify_refused(verify_run):
     proc, url = start_verify(verify_run)
     try:
