@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import datetime
 import json
 import os
@@ -42,12 +41,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from must_cli.runtime import adamw, autocast_for, compile_for_training, default_workers
+from must_cli.runtime import adamw, autocast_for, default_workers
 from must_cli.cache import ResizedCache
 from must_cli.config import MustConfig
 from must_cli.engine import TrainState, must_step, param_groups, train_epoch
 from must_cli.masking import MaskGenerator, resolve_mask_patch_size
 from must_cli.model import MustModel, Preprocess, build_visual
+from must_cli.training import build_training
 from must_cli.views import EpochSampler, TrainViews
 
 # Small towers for CPU runs; any other name is looked up in open_clip's model configs.
@@ -116,19 +116,16 @@ def run_steps(args: argparse.Namespace, path: str, batch: int, device: torch.dev
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(0)
-    cfg = MustConfig(accum_steps=args.accum_steps)
+    cfg = MustConfig(accum_steps=args.accum_steps, grad_checkpointing=args.grad_checkpointing,
+                     compile=COMPILE[args.compile] if optimised else path == "compiled")
     model = build_model(args.model, args.classes).to(device)
-    teacher = copy.deepcopy(model).eval().requires_grad_(False)
-    model.visual.set_grad_checkpointing(args.grad_checkpointing)
-    groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
-    optimizer, kind = (adamw(groups, device, (cfg.adam_beta1, cfg.adam_beta2)) if optimised
-                       else (torch.optim.AdamW(groups, foreach=False), "plain"))
+    nets = build_training(model, cfg, device, model.grid_size * model.patch_size,
+                          optimizer_kind=None if optimised else "plain").nets
+    teacher, optimizer, student, teach = nets.teacher, nets.optimizer, nets.train_student, nets.train_teacher
     autocast = autocast_for(device, "bf16" if optimised else "fp32")
-    student, teach = compile_for_training(model, teacher, device,
-                                          COMPILE[args.compile] if optimised else path == "compiled")
     data = synthetic_batch(model, batch, device, cfg)
     result: dict[str, Any] = {"path": path, "batch": batch, "accum_steps": args.accum_steps,
-                              "bf16": optimised, "adamw": kind, "compile": student is not model,
+                              "bf16": optimised, "adamw": nets.runtime["adamw"], "compile": nets.compiled,
                               "grad_checkpointing": args.grad_checkpointing}
     if optimised:  # same weights, same batch: the optimised losses against eager fp32
         ref = loss_values(model, teacher, data, cfg, contextlib.nullcontext)
@@ -162,7 +159,7 @@ def run_steps(args: argparse.Namespace, path: str, batch: int, device: torch.dev
             steps(1)
         torch.cuda.set_sync_debug_mode("default")
         result["host_syncs_per_step"] = sum("synchroniz" in str(w.message) for w in caught)
-    del model, teacher, student, teach, optimizer, data
+    del model, teacher, student, teach, optimizer, nets, data
     return result
 
 
@@ -253,19 +250,17 @@ def e2e_images(root: Path, n: int) -> Path:
 
 
 def e2e_bare_step(cfg: MustConfig, steps: int) -> float:
-    """img/s of adapt's own nets (build_nets: same AdamW, compile setting, frozen parts) on synthetic batches
+    """img/s of adapt's own nets (build_training: same AdamW, compile setting, frozen parts) on synthetic batches
     of the run's shapes (views, masks), in this process's thread budget: the ceiling an epoch can reach."""
-    from must_cli.adapt import build_nets, mask_generator
     from must_cli.classnames import read_class_file, resolve_templates
-    from must_cli.distributed import Dist
     from must_cli.model import build_must_model
-    from must_cli.progress import SilentReporter
+    from must_cli.training import build_training
 
     classes = read_class_file(EXAMPLES / "classes.txt")
     model, pre = build_must_model(f"local-dir:{STANDIN}", "", classes,
                                   resolve_templates(EXAMPLES / "templates.txt", cfg.template_set), torch.device("cpu"))
-    masks = mask_generator(cfg, model, pre, SilentReporter())
-    nets = build_nets(model, cfg, Dist(), torch.device("cpu"))
+    training = build_training(model, cfg, torch.device("cpu"), pre.image_size)
+    masks, nets = training.masks, training.nets
     rng = np.random.default_rng(0)
     b, size = cfg.batch_size, pre.image_size
     batch = {"weak": torch.randn(b, 3, size, size), "strong": torch.randn(b, 3, size, size),

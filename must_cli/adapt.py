@@ -1,6 +1,6 @@
 """`must adapt`: from a folder of unlabeled images and class names to a shipped, adapted classifier.
 
-Reads the inputs, builds the model, views and optimiser, hands them to the Trainer, applies
+Reads the inputs, builds the model and views (what trains: training.py), hands them to the Trainer, applies
 the label-free guard and writes model.safetensors. The run folder lives in runs.py, the loop
 in trainer.py, the method in engine.py.
 """
@@ -20,11 +20,9 @@ from must_cli.checkpoint import atomic_write_text, save_model
 from must_cli.classnames import read_class_file, resolve_templates
 from must_cli.config import MustConfig, to_toml
 from must_cli.distributed import Dist, decide_once, finish, init_distributed
-from must_cli.engine import param_groups
 from must_cli.evaluate import LabeledSet, labeled_images
 from must_cli.guard import guard, guard_sample, sample_labels
 from must_cli.images import scan_images
-from must_cli.masking import MaskGenerator, resolve_mask_patch_size
 from must_cli.model import MustModel, Preprocess, build_must_model, vision_config
 from must_cli.priors import as_metadata, resolve_prior, zero_shot_probs
 from must_cli.progress import Reporter, SilentReporter
@@ -33,9 +31,10 @@ from must_cli.record import RunInputs, absolute_model, record_text
 from must_cli.runs import (
     CONFIG_FILE, MODEL_FILE, RunFolder, checkpoints_of, plan_run, point_latest, prune_checkpoints, run_fingerprint,
 )
-from must_cli.runtime import adamw, autocast_for, compile_for_training, default_workers, pick_device, thread_budget
+from must_cli.runtime import autocast_for, default_workers, pick_device, thread_budget
 from must_cli.tensorboard_log import TensorBoardLog, TensorBoardReporter
-from must_cli.trainer import BatchPlan, Nets, Trainer
+from must_cli.trainer import BatchPlan, Trainer
+from must_cli.training import Training, build_training
 from must_cli.verify_data import ModelLabels, load_both, save_both
 from must_cli.views import EpochSampler, TrainViews
 from must_cli.warmstart import load_warm_start
@@ -138,7 +137,6 @@ def run_adapt(req: AdaptRequest, cfg: MustConfig, reporter: Reporter | None = No
 def train_and_ship(setup: Setup, out: Path, resume_from: Path | None) -> AdaptResult:
     """Train in ``out`` (from ``resume_from`` if given), run the guard, write the model; every rank calls this."""
     cfg, dist, device, reporter, preprocess = setup.cfg, setup.dist, setup.device, setup.reporter, setup.preprocess
-    masks = mask_generator(cfg, setup.model, preprocess, reporter)
     warn_once = reporter.warn if dist.is_main else (lambda message: None)
     plan = BatchPlan.for_images(len(setup.paths), dist.world, cfg, warn_once, setup.images)
     workers, autocast = default_workers(cfg.workers, device), autocast_for(device, cfg.precision)
@@ -147,7 +145,8 @@ def train_and_ship(setup: Setup, out: Path, resume_from: Path | None) -> AdaptRe
     prior = decide_once(dist.is_main, lambda: resolve_prior(cfg.class_prior, setup.classnames, lambda: zero_shot_probs(
         setup.model, pool, preprocess, device, workers, autocast)))
     zero_shot = copy.deepcopy(setup.model).eval()  # its labels give the changed set that `must verify` checks
-    nets = build_nets(setup.model, cfg, dist, device)
+    training = training_for(setup)
+    nets = training.nets
     nets.runtime.update(workers=workers, torch_threads=threads)
     eval_set = (LabeledSet(*setup.labeled, setup.classnames, preprocess, device, autocast, workers)
                 if setup.labeled else None)
@@ -155,7 +154,7 @@ def train_and_ship(setup: Setup, out: Path, resume_from: Path | None) -> AdaptRe
                                   [p.relative_to(setup.images) for p in setup.paths], plan.global_batch,
                                   plan.steps_per_epoch)
     sampler = EpochSampler(len(setup.paths), cfg.seed, dist.rank, dist.world)
-    views = TrainViews(setup.paths, preprocess, masks, cfg, train_cache(cfg, out, preprocess))
+    views = TrainViews(setup.paths, preprocess, training.masks, cfg, train_cache(cfg, out, preprocess))
     loader = DataLoader(  # workers x 2 batches in flight: enough to absorb slow images, bounded shared memory
         views, batch_size=plan.per_process, sampler=sampler, num_workers=workers, drop_last=True,
         pin_memory=device.type == "cuda", persistent_workers=workers > 0, prefetch_factor=2 if workers > 0 else None)
@@ -211,6 +210,16 @@ def starting_model(init_from: Path | None, cfg: MustConfig, classnames: list[str
                                                                "pretrained": warm.base_pretrained})
 
 
+def training_for(setup: Setup) -> Training:
+    """training.build_training for this run, saying when the mask squares were fitted to the model's input size."""
+    cfg, size = setup.cfg, setup.preprocess.image_size
+    training = build_training(setup.model, cfg, setup.device, size, setup.dist)
+    if training.mask_size != cfg.mask_patch_size:
+        setup.reporter.info(f"mask squares: {cfg.mask_patch_size} px at 224-px input -> {training.mask_size} px "
+                            f"for this {size}-px model (same fraction of the image)")
+    return training
+
+
 def predict_pool(images: Path, out: Path, cfg: MustConfig, reporter: Reporter) -> Path:
     """--predict: label the adapted images with the shipped model through `must predict`'s own code."""
     from must_cli.predict import PredictRequest, run_predict  # predict's UI pieces are not needed to train
@@ -225,38 +234,6 @@ def train_cache(cfg: MustConfig, out: Path, preprocess: Preprocess) -> ResizedCa
     if not cfg.cache:
         return None
     return ResizedCache(Path(cfg.cache_dir) if cfg.cache_dir else out / "cache", preprocess.image_size)
-
-
-def mask_generator(cfg: MustConfig, model: MustModel, preprocess: Preprocess,
-                   reporter: Reporter) -> MaskGenerator | None:
-    """The [MSK] mask sampler when masking is on; freezes what the enabled objectives do not train."""
-    mask_size = resolve_mask_patch_size(cfg.mask_patch_size, preprocess.image_size, model.patch_size)
-    if mask_size != cfg.mask_patch_size:
-        reporter.info(f"mask squares: {cfg.mask_patch_size} px at 224-px input -> {mask_size} px for this "
-                 f"{preprocess.image_size}-px model (same fraction of the image)")
-    use_masks = cfg.mim or cfg.align
-    model.decoder.requires_grad_(cfg.mim)  # frozen heads stay out of the optimiser and of DDP's reducer
-    model.ln_patch.requires_grad_(use_masks)
-    model.mask_token.requires_grad_(use_masks)
-    model.classifier.requires_grad_(not cfg.freeze_classifier)  # --freeze-classifier: the text-built head stays
-    return MaskGenerator(preprocess.image_size, model.patch_size, mask_size, cfg.mask_ratio) if use_masks else None
-
-
-def build_nets(model: MustModel, cfg: MustConfig, dist: Dist, device: torch.device) -> Nets:
-    """Student (DDP across processes), EMA teacher, AdamW over layer-decayed groups, compiled as cfg.compile says."""
-    teacher = copy.deepcopy(model).to(device).eval().requires_grad_(False)
-    model.to(device)
-    model.visual.set_grad_checkpointing(cfg.grad_checkpointing)  # student only: the teacher keeps no activations
-    student: torch.nn.Module = model
-    if dist.world > 1:
-        student = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer, kind = adamw(param_groups(model, cfg.weight_decay, cfg.layer_decay), device,
-                            (cfg.adam_beta1, cfg.adam_beta2))
-    train_student, train_teacher = compile_for_training(student, teacher, device, cfg.compile)
-    nets = Nets(model, teacher, optimizer, train_student, train_teacher, {"adamw": kind, "precision": cfg.precision})
-    nets.runtime["compile"] = "on" if nets.compiled else "off"
-    return nets
 
 
 def ship(out: Path, final: MustModel, setup: Setup, guard_note: str | None, class_prior: dict) -> None:

@@ -89,9 +89,10 @@ def adamw_kind(device: torch.device) -> str:
     return "fused" if fused else "plain" if device.type == "cpu" else "foreach"
 
 
-def adamw(groups: list[dict], device: torch.device, betas: tuple[float, float]) -> tuple[torch.optim.Optimizer, str]:
-    """AdamW over ``groups`` with adamw_kind's implementation, and its name for the run's record."""
-    kind = adamw_kind(device)
+def adamw(groups: list[dict], device: torch.device, betas: tuple[float, float],
+          kind: str | None = None) -> tuple[torch.optim.Optimizer, str]:
+    """AdamW over ``groups`` with ``kind`` (fused / foreach / plain; None: adamw_kind's), and its name for the record."""
+    kind = kind or adamw_kind(device)
     options = {"fused": True} if kind == "fused" else {"foreach": kind == "foreach"}
     return torch.optim.AdamW(groups, betas=betas, **options), kind  # lr is set per step by the schedule
 

@@ -19,7 +19,6 @@ from torch._dynamo.utils import counters
 from typer.testing import CliRunner
 
 from must_cli import engine
-from must_cli.adapt import build_nets
 from must_cli.cli import app
 from must_cli.config import MustConfig
 from must_cli.distributed import Dist
@@ -27,6 +26,7 @@ from must_cli.errors import MustError
 from must_cli.progress import Reporter
 from must_cli.runs import METRICS_FILE, checkpoints_of, list_checkpoints
 from must_cli.trainer import BatchPlan, Trainer
+from must_cli.training import build_training
 from must_cli.views import EpochSampler
 
 from helpers import one_line_error, tiny_model
@@ -78,7 +78,8 @@ def make_trainer(tmp_path: Path, compile_setting: bool | str = False, epochs: in
                  **cfg_values) -> Trainer:
     cfg = MustConfig(epochs=epochs, batch_size=BATCH, threshold=0.3, base_lr=1e-2, compile=compile_setting,
                      **cfg_values)
-    nets = build_nets(tiny_model(k=5), cfg, Dist(), device)
+    model = tiny_model(k=5)
+    nets = build_training(model, cfg, device, model.grid_size * model.patch_size, Dist()).nets
     plan = BatchPlan(BATCH, cfg.accum_steps, 1, STEPS, epochs)
     paths = [Path(f"{i}.jpg") for i in range(BATCH * STEPS)]
     return Trainer(cfg, plan, nets, Batches(), EpochSampler(len(paths), 0), paths, tmp_path, {"run": "test"},
@@ -114,7 +115,7 @@ CXX = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
 @pytest.mark.parametrize("device", [pytest.param(CPU, marks=[pytest.mark.slow, CXX], id="cpu-inductor"),
                                     pytest.param(torch.device("cuda"), marks=[pytest.mark.gpu, GPU], id="cuda")])
 def test_the_compiled_step_trains_like_eager_and_a_second_epoch_does_not_recompile(tmp_path, device):
-    """The real MUST step as `must adapt --compile` runs it (build_nets -> compile_for_training -> Trainer),
+    """The real MUST step as `must adapt --compile` runs it (build_training -> compile_for_training -> Trainer),
     with inductor (C++ on CPU, Triton on CUDA), 2 epochs x 3 steps, against the same run eager.
 
     Tolerance: per-step losses rtol 1e-4; weights after 6 steps atol 1e-3 (fp32; inductor fuses and
