@@ -15,7 +15,7 @@ from must_cli.cli_format import (
 )
 from must_cli.config import AUTO_DEVICE, AUTO_WORKERS, INFERENCE_BATCH, MustConfig, preset_names
 from must_cli.progress import Reporter, emit, images_bar
-from must_cli.record import inputs_from_flags
+from must_cli.record import AdaptOptions, inputs_from_flags
 from must_cli.runs import LATEST_RUN, RUNS_DIR, check_inputs_cheaply, model_path, plan_run
 
 app = typer.Typer(
@@ -90,19 +90,33 @@ def adapt(
     Defaults shown are MustConfig's: a --preset or --config file changes them, and flags
     override both.
     """
-    given = dict(locals())
-    inputs, cfg, output = inputs_from_flags(given, ctx.meta["must_args"])
-    resume_from = Path(resume) if resume else None
-    plan = plan_run(output, resume is not None, resume_from, overwrite, epochs=cfg.epochs)  # before torch loads
+    opts = AdaptOptions(
+        images=images, classes=classes, templates=templates, preset=preset, config=config, output=output,
+        overwrite=overwrite, eval_dir=eval_dir, resume=resume, init_from=init_from, predict=predict, gpus=gpus,
+        tensorboard=tensorboard, model=model, pretrained=pretrained, epochs=epochs, batch_size=batch_size,
+        base_lr=base_lr, device=device, seed=seed, workers=workers, mim=mim, align=align, fairness=fairness,
+        guard=guard, accum_steps=accum_steps, grad_checkpointing=grad_checkpointing, compile=compile, cache=cache,
+        cache_dir=cache_dir, precision=precision, save_every=save_every, max_pixels=max_pixels,
+        keep_checkpoints=keep_checkpoints, class_prior=class_prior, freeze_classifier=freeze_classifier,
+    )
+    run_adapt_command(opts, ctx.meta["must_args"])
+
+
+def run_adapt_command(opts: AdaptOptions, argv: list[str]) -> None:
+    """`must adapt` after parsing: check inputs and the run folder without torch, then launch or run."""
+    inputs, cfg, output = inputs_from_flags(opts, argv)
+    plan = plan_run(output, opts.resuming, opts.resume_from, opts.overwrite, epochs=cfg.epochs)  # before torch loads
     if nothing_to_resume(plan, cfg.epochs):
         return
-    if gpus and gpus > 1:
+    if opts.gpus and opts.gpus > 1:
         from must_cli.launch import launch_local
 
-        raise typer.Exit(launch_local(gpus, cfg.device, ctx.meta["must_args"], session.debug))
+        raise typer.Exit(launch_local(opts.gpus, cfg.device, argv, session.debug))
     from must_cli.adapt import AdaptRequest, run_adapt
 
-    request = AdaptRequest(inputs, output, resume is not None, resume_from, overwrite, tensorboard, init_from, bool(predict))
+    request = AdaptRequest(inputs, output, resume=opts.resuming, resume_from=opts.resume_from,
+                           overwrite=opts.overwrite, tensorboard=opts.tensorboard, init_from=opts.init_from,
+                           predict=bool(opts.predict))
     result = run_adapt(request, cfg, Reporter(err_console))
     show_adapt_summary(result, inputs.eval_dir is not None)
 

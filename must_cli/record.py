@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -110,29 +110,85 @@ def recorded_run(output: Path | None, resume_from: Path | None, flags: dict[str,
     return folder, read_record(folder)
 
 
-def inputs_from_flags(given: dict[str, Any], argv: list[str]) -> tuple[RunInputs, MustConfig, Path | None]:
+@dataclass(frozen=True)
+class AdaptOptions:
+    """`must adapt`'s flags as given (None: not given), built by the CLI and read by name from here on.
+
+    The hyperparameter flags carry MustConfig's field names, so `overrides` hands them to resolve_config.
+    """
+
+    images: Path | None = None
+    classes: Path | None = None
+    templates: Path | None = None
+    preset: str | None = None
+    config: Path | None = None
+    output: Path | None = None
+    overwrite: bool = False
+    eval_dir: Path | None = None
+    resume: str | None = None  # "" (a bare --resume): the output's newest run
+    init_from: Path | None = None
+    predict: bool | None = None
+    gpus: int | None = None
+    tensorboard: Path | None = None
+    model: str | None = None
+    pretrained: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    base_lr: float | None = None
+    device: str | None = None
+    seed: int | None = None
+    workers: int | None = None
+    mim: bool | None = None
+    align: bool | None = None
+    fairness: bool | None = None
+    guard: bool | None = None
+    accum_steps: int | None = None
+    grad_checkpointing: bool | None = None
+    compile: bool | None = None
+    cache: bool | None = None
+    cache_dir: str | None = None
+    precision: str | None = None
+    save_every: int | None = None
+    max_pixels: int | None = None
+    keep_checkpoints: int | None = None
+    class_prior: str | None = None
+    freeze_classifier: bool | None = None
+
+    @property
+    def resuming(self) -> bool:
+        return self.resume is not None
+
+    @property
+    def resume_from(self) -> Path | None:
+        """The run folder or checkpoint after --resume; None for a bare --resume or none."""
+        return Path(self.resume) if self.resume else None
+
+    def overrides(self, names: tuple[str, ...] | None = None) -> dict[str, Any]:
+        """The hyperparameter flags (MustConfig fields; only ``names`` if given), None where not given."""
+        wanted = names if names is not None else tuple(MustConfig.model_fields)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name in wanted}
+
+
+def inputs_from_flags(opts: AdaptOptions, argv: list[str]) -> tuple[RunInputs, MustConfig, Path | None]:
     """The run's inputs, resolved config and output folder from `must adapt`'s flags; checked without torch.
 
     Without IMAGES, --resume RUN reads them back from the run's config.toml.
     """
-    resume = given["resume"]
-    if given["images"] is None:
-        if resume is None:
+    if opts.images is None:
+        if not opts.resuming:
             raise MustError("missing IMAGES: pass the folder of unlabeled images, or --resume RUN to continue a run")
-        if given["overwrite"]:
+        if opts.overwrite:
             raise MustError("--overwrite starts a run over and --resume continues one: pick one")
-        others = {k: v for k, v in given.items()
-                  if k not in {"ctx", "images", "output", "resume", "gpus", "overwrite", *RESUME_MAY_CHANGE}}
-        folder, inputs = recorded_run(given["output"], Path(resume) if resume else None, others)
-        cfg = resolve_config(config_file=folder / CONFIG_FILE,
-                             overrides={k: given[k] for k in RESUME_MAY_CHANGE})
+        fixed = {"images", "output", "resume", "gpus", "overwrite", *RESUME_MAY_CHANGE}
+        others = {f.name: getattr(opts, f.name) for f in fields(opts) if f.name not in fixed}
+        folder, inputs = recorded_run(opts.output, opts.resume_from, others)
+        cfg = resolve_config(config_file=folder / CONFIG_FILE, overrides=opts.overrides(RESUME_MAY_CHANGE))
         check_inputs(inputs)
         return inputs, cfg, folder
-    if given["classes"] is None:
+    if opts.classes is None:
         raise MustError("missing --classes FILE: a text file with one class name per line")
-    cfg = resolve_config(given["preset"], given["config"],
-                         {k: v for k, v in given.items() if k in MustConfig.model_fields})
-    inputs = RunInputs(given["images"], given["classes"], given["templates"], given["eval_dir"], given["preset"],
-                       given["config"], shlex.join(["must", "adapt", *argv]))
+    cfg = resolve_config(opts.preset, opts.config, opts.overrides())
+    inputs = RunInputs(opts.images, opts.classes, opts.templates, opts.eval_dir, opts.preset, opts.config,
+                       shlex.join(["must", "adapt", *argv]))
     check_inputs(inputs)
-    return inputs, cfg, given["output"]
+    return inputs, cfg, opts.output

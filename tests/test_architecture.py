@@ -50,3 +50,12 @@ def test_modules_and_functions_stay_small():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
                 too_long.append(f"{path.name}:{node.name}: {node.end_lineno - node.lineno + 1} lines")
     assert too_long == []
+
+
+def test_no_module_reads_its_own_locals():
+    """Flags travel as named, typed options (record.AdaptOptions), never as a dict(locals()) no tool can follow."""
+    calls = [f"{path.name}:{node.lineno}" for path in PACKAGE.glob("*.py")
+             for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("locals", "vars")
+             and (node.func.id == "locals" or not node.args)]
+    assert calls == []

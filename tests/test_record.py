@@ -6,13 +6,14 @@ Fast unit tests (no torch, no adapt run); the end-to-end record of a real run is
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
 from must_cli.config import MustConfig, resolve_config
 from must_cli.errors import MustError
-from must_cli.record import (RESUME_MAY_CHANGE, RunInputs, absolute_model, check_inputs, read_record, record_text,
-                              recorded_run)
+from must_cli.record import (RESUME_MAY_CHANGE, AdaptOptions, RunInputs, absolute_model, check_inputs, inputs_from_flags,
+                              read_record, record_text, recorded_run)
 from must_cli.runs import CONFIG_FILE
 
 if sys.version_info >= (3, 11):
@@ -88,6 +89,24 @@ def test_resume_from_the_record_refuses_flags_that_would_change_the_run(project,
     allowed = ", ".join("--" + flag for flag in RESUME_MAY_CHANGE)
     assert str(caught.value).endswith(f"only {allowed} may be given; drop --base-lr, --eval-dir")
 
+
+
+def test_adapt_options_reach_the_config_and_the_record_by_name(project):
+    opts = AdaptOptions(images=Path("images"), classes=Path("classes.txt"), base_lr=1e-3, epochs=3, mim=False,
+                        output=project / "out", tensorboard=project / "tb")
+    inputs, cfg, output = inputs_from_flags(opts, ["images", "--classes", "classes.txt"])
+    assert (cfg.base_lr, cfg.epochs, cfg.mim) == (1e-3, 3, False)
+    assert cfg.seed == MustConfig().seed  # a flag not given keeps the default
+    assert output == project / "out" and inputs.images == Path("images")
+    assert inputs.command == "must adapt images --classes classes.txt"
+
+
+def test_resume_without_images_keeps_the_record_and_refuses_other_flags(project, tmp_path):
+    run = write_record(tmp_path / "run", MustConfig(epochs=2), RunInputs(project / "images", project / "classes.txt"))
+    inputs, cfg, folder = inputs_from_flags(AdaptOptions(resume=str(run), epochs=5, workers=0), [])
+    assert folder == run and (cfg.epochs, cfg.workers) == (5, 0) and inputs.classes == project / "classes.txt"
+    with pytest.raises(MustError, match="drop --init-from, --tensorboard$"):
+        inputs_from_flags(AdaptOptions(resume=str(run), tensorboard=tmp_path, init_from=run), [])
 
 @pytest.mark.parametrize("images, classes, templates, eval_dir, fragment", [
     ("nowhere", "classes.txt", None, None, "IMAGES {p}/nowhere does not exist: pass a folder of images"),
