@@ -7,7 +7,8 @@ train_epoch, EMA) in-process and evaluates teacher and student on labeled images
 The views come from MustConfig like `must adapt`'s: set them with --cfg (e.g.
 '{"randaugment": "rand-n2-m5-mstd0.5-inc1", "strong_crop_min": 0.5}', "randaugment": "" for
 none; "low_res_max_size": 0 for the paper's view at 32 px); --freeze-cls freezes the text-built
-classifier.
+classifier. What trains, the teacher and AdamW come from training.build_training, as in `must adapt`
+(runs before 2026-12-07 built them by hand with torch's default AdamW: the same update, unfused).
 
     python -m benchmarks.dynamics --model SHARED/models/cifar10-tinyclip --pool POOL \\
         --test TEST_BY_CLASS --lr 2.5e-5 --epochs 8 --eval-every 30 --cfg '{"mim": false, "align": false}'
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import itertools
 import json
 import time
@@ -31,11 +31,11 @@ from torch.utils.data import DataLoader
 
 from must_cli import views
 from must_cli.config import MustConfig
-from must_cli.engine import METRIC_NAMES, TrainState, param_groups, train_epoch
+from must_cli.engine import METRIC_NAMES, TrainState, train_epoch
 from must_cli.inference import predict_labels
 from must_cli.images import discover_images
-from must_cli.masking import MaskGenerator, resolve_mask_patch_size
 from must_cli.model import build_must_model
+from must_cli.training import build_training
 
 
 def parse_args() -> argparse.Namespace:
@@ -49,7 +49,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--bs", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2.5e-5, help="peak lr (absolute, not per 256)")
     ap.add_argument("--eval-every", type=int, default=15)
-    ap.add_argument("--freeze-cls", action="store_true", help="keep the text-built classifier fixed")
+    ap.add_argument("--freeze-cls", action="store_true", help="keep the text-built classifier fixed (freeze_classifier)")
     ap.add_argument("--name", default="run")
     ap.add_argument("--cfg", default="{}", help="JSON object of MustConfig fields")
     return ap.parse_args()
@@ -58,7 +58,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     a = parse_args()
     torch.set_num_threads(1)
-    cfg = MustConfig(**json.loads(a.cfg))
+    cfg = MustConfig(**{**json.loads(a.cfg), **({"freeze_classifier": True} if a.freeze_cls else {})})
     info = json.loads((Path(a.model) / "open_clip_config.json").read_text())["proxy_info"]
     classes, templates = info["classes"], info["templates"]
     pool = discover_images(Path(a.pool))
@@ -73,16 +73,8 @@ def main() -> None:
 
     torch.manual_seed(0)
     model, pre = build_must_model(f"local-dir:{a.model}", None, classes, templates, torch.device("cpu"))
-    square = resolve_mask_patch_size(cfg.mask_patch_size, pre.image_size, model.patch_size)
-    use_masks = cfg.mim or cfg.align
-    masks = MaskGenerator(pre.image_size, model.patch_size, square, cfg.mask_ratio) if use_masks else None
-    model.decoder.requires_grad_(cfg.mim)
-    model.ln_patch.requires_grad_(use_masks)
-    model.mask_token.requires_grad_(use_masks)
-    model.classifier.requires_grad_(not a.freeze_cls)
-    teacher = copy.deepcopy(model).eval().requires_grad_(False)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.layer_decay), lr=a.lr,
-                                  betas=(cfg.adam_beta1, cfg.adam_beta2))
+    training = build_training(model, cfg, torch.device("cpu"), pre.image_size)  # what adapt trains, as adapt does
+    masks, teacher, optimizer = training.masks, training.nets.teacher, training.nets.optimizer
     sampler = views.EpochSampler(len(pool), cfg.seed)
     loader = DataLoader(views.TrainViews(pool, pre, masks, cfg), batch_size=a.bs, sampler=sampler,
                         num_workers=1, drop_last=True, persistent_workers=True)
