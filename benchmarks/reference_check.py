@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import importlib.util
 import io
 import math
@@ -33,10 +32,11 @@ from open_clip.transformer import QuickGELU, VisionTransformer
 from torch import nn
 
 from must_cli.config import MustConfig
-from must_cli.engine import METRIC_NAMES, TrainState, ema_update, param_groups, train_epoch
+from must_cli.engine import METRIC_NAMES, TrainState, ema_update, train_epoch
 from must_cli.losses import self_training_loss
 from must_cli.masking import MaskGenerator
 from must_cli.model import MustModel, Preprocess
+from must_cli.training import build_training
 from must_cli.views import strong_view, weak_view
 
 SHAPES = {  # width, layers, heads, patch, image, embed dim, classes, batch; classifier column norm chosen so
@@ -233,9 +233,9 @@ def run_ours(model: MustModel, data: list, s: dict, tau: float, running: bool, r
                      ema_mu_final=HP["mu_final"], ema_mu_steps=HP["warm_it"], ema_ref_batch=s["batch"], fair_ref_batch=s["batch"],
                      fair_running_classes=min(512, s["classes"]) if running else s["classes"] + 1,
                      weight_decay=HP["wd"], layer_decay=HP["ld"], batch_size=s["batch"])
-    teacher = copy.deepcopy(model).eval().requires_grad_(False)
+    nets = build_training(model, cfg, torch.device("cpu"), s["image"], optimizer_kind="plain").nets  # as adapt builds
+    teacher, opt = nets.teacher, nets.optimizer  # plain AdamW: the reference's per-tensor update, eps 1e-8
     peak, floor = HP["lr"] * s["batch"] / 256, HP["min_lr"] * s["batch"] / 256
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.layer_decay), lr=peak, betas=(0.9, 0.999))
     rec = Recorder(opt, {p: n for n, p in model.named_parameters()})
     teachers, decays, teacher_logits, terms = [], [], [], []
     teacher.register_forward_hook(lambda m, i, o: teacher_logits.append(o.detach().clone()))
