@@ -5,8 +5,8 @@ predictions are *less* balanced than zero-shot CLIP's on the same images has dri
 pseudo-labels feeding on their own errors for a few classes, up to a collapse onto few classes.
 On the preset grid (docs/presets.md, validation files of three stand-ins) every run that lost
 more than a point showed such a drop, and shipping zero-shot whenever balance fell below 0.993 of
-zero-shot's (midway between the closest losing and gaining in-domain runs, 0.990 and 0.996) cut
-the worst cell from -3.3 to -0.5 points while raising the mean. Then zero-shot is
+zero-shot's (midway between the chosen preset's closest losing and gaining in-domain runs, 0.990
+and 0.996) cut its worst cell from -3.3 to -0.5 points while raising its mean. Then zero-shot is
 shipped instead, and the adapted model stays in the run's last checkpoint, so labels can overrule
 this (`must verify RUN`, then `--choose adapted`).
 The labels the guard compares are saved (verify_data.save_both), since they also give the set of
