@@ -212,8 +212,9 @@ def predict(
     from must_cli.images import display_name
     from must_cli.predict import PredictRequest, run_predict
 
-    req = PredictRequest(images, model, output, top_k, sort_into, link, min_confidence, batch_size, workers, device,
-                         zero_shot, classes, pretrained, templates, max_pixels)
+    req = PredictRequest(images, model, zero_shot, classes, pretrained, templates, batch_size, workers, device,
+                         output=output, top_k=top_k, sort_into=sort_into, link=link, min_confidence=min_confidence,
+                         max_pixels=max_pixels)
     with images_bar(err_console, "predict") as advance:
         result = run_predict(req, Reporter(err_console).warn, advance)
     if len(result.predictions) <= 50:

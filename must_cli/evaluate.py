@@ -10,11 +10,12 @@ import torch
 
 from must_cli.checkpoint import load_model, preprocess_of, read_metadata
 from must_cli.classnames import read_class_file
-from must_cli.config import AUTO_DEVICE, AUTO_WORKERS, INFERENCE_BATCH, MustConfig
+from must_cli.config import MustConfig
 from must_cli.errors import MustError
 from must_cli.images import IMAGE_EXTENSIONS, display_name, scan_images
 from must_cli.inference import predict_labels
 from must_cli.model import MustModel, Preprocess, build_zero_shot
+from must_cli.model_request import ModelRequest
 from must_cli.runs import model_path
 from must_cli.runtime import Autocast, autocast_for, default_workers, pick_device
 
@@ -92,30 +93,16 @@ def accuracy_report(preds: torch.Tensor, labels: torch.Tensor, classnames: Seque
     }
 
 
-@dataclass
-class EvalRequest:
+@dataclass(frozen=True)
+class EvalRequest(ModelRequest):
     """What `must eval` measures: an adapted model file, or plain CLIP built from a spec and class names."""
-
-    images: Path
-    model: str | None = None  # run folder / .safetensors (default: the newest run); with zero_shot an open_clip spec
-    zero_shot: bool = False
-    classes: Path | None = None
-    pretrained: str | None = None
-    templates: Path | None = None
-    batch_size: int = INFERENCE_BATCH
-    workers: int = AUTO_WORKERS
-    device: str = AUTO_DEVICE
 
 
 def eval_classnames(req: EvalRequest) -> list[str]:
     """Class names from --classes (zero-shot) or the model file's header: cheap, so a bad folder fails fast."""
+    req.check_zero_shot_options()
     if req.zero_shot:
-        if req.classes is None:
-            raise MustError("--zero-shot needs --classes FILE (one class name per line)")
         return read_class_file(req.classes)
-    if req.classes or req.templates or req.pretrained:
-        raise MustError("--classes, --templates and --pretrained only apply with --zero-shot: "
-                        "an adapted model carries its own class names")
     return list(read_metadata(model_path(req.model))["classnames"])
 
 

@@ -18,34 +18,28 @@ import torch
 
 from must_cli.checkpoint import atomic_write, load_model, preprocess_of
 from must_cli.classnames import read_class_file
-from must_cli.config import AUTO_DEVICE, AUTO_WORKERS, INFERENCE_BATCH, PIXEL_CEILING
+from must_cli.config import PIXEL_CEILING
 from must_cli.errors import MustError
 from must_cli.images import DEFAULT_MAX_PIXELS, ImageReadError, display_name, load_rgb, scan_images
 from must_cli.inference import iter_probs
 from must_cli.model import MustModel, Preprocess, build_zero_shot
+from must_cli.model_request import ModelRequest
 from must_cli.runs import model_path
 from must_cli.runtime import autocast_for, default_workers, pick_device
 from must_cli.sorting import Sorter
 
 OUTPUT_FORMATS = (".csv", ".jsonl")
-@dataclass
-class PredictRequest:
+
+
+@dataclass(frozen=True)
+class PredictRequest(ModelRequest):
     """Everything `must predict` was asked to do; validated by run_predict before any work."""
 
-    images: Path
-    model: str | None = None  # run folder / .safetensors (default: the newest run); an open_clip spec with zero_shot
     output: Path | None = None
     top_k: int = 1
     sort_into: Path | None = None
     link: str | None = None  # None: copy; "hard" or "sym"
     min_confidence: float | None = None
-    batch_size: int = INFERENCE_BATCH
-    workers: int = AUTO_WORKERS
-    device: str = AUTO_DEVICE
-    zero_shot: bool = False
-    classes: Path | None = None
-    pretrained: str | None = None
-    templates: Path | None = None
     max_pixels: int | None = None  # None: MustConfig's default
 
 
@@ -115,11 +109,7 @@ def _validate(req: PredictRequest) -> None:
         raise MustError(f"--min-confidence {req.min_confidence}: must be a probability between 0 and 1")
     if (req.link or req.min_confidence is not None) and req.sort_into is None:
         raise MustError("--link and --min-confidence only apply with --sort-into DIR")
-    if not req.zero_shot and (req.classes or req.templates or req.pretrained):
-        raise MustError("--classes, --templates and --pretrained only apply with --zero-shot: "
-                        "an adapted model carries its own classes")
-    if req.zero_shot and req.classes is None:
-        raise MustError("--zero-shot needs --classes FILE (one class name per line)")
+    req.check_zero_shot_options()
     if req.sort_into is not None and req.sort_into.resolve() == req.images.resolve():
         raise MustError(f"--sort-into {display_name(req.sort_into)} is the image folder itself: "
                         "pick a new folder (a sub-folder is fine: it is left out of the scan)")

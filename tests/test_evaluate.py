@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +11,8 @@ from typer.testing import CliRunner
 
 from must_cli.cli import app
 from must_cli.errors import MustError
-from must_cli.evaluate import accuracy_report, labeled_images
+from must_cli.evaluate import EvalRequest, accuracy_report, labeled_images
+from must_cli.predict import PredictRequest
 
 from helpers import CLASSES, make_color_images
 
@@ -117,3 +119,15 @@ def test_an_unlabeled_folder_says_eval_needs_class_folders_and_what_it_found(tmp
     make_color_images(loose, per_class=1)
     with pytest.raises(MustError, match=r"found 3 image\(s\) directly in it and no sub-folder"):
         labeled_images(loose, CLASSES, lambda m: None)
+
+
+@pytest.mark.parametrize("request_type", [EvalRequest, PredictRequest])
+@pytest.mark.parametrize("options, message", [
+    ({"zero_shot": True}, "--zero-shot needs --classes FILE"),
+    ({"templates": Path("t.txt")}, "--classes, --templates and --pretrained only apply with --zero-shot"),
+    ({"pretrained": "openai"}, "--classes, --templates and --pretrained only apply with --zero-shot"),
+])
+def test_eval_and_predict_share_the_zero_shot_option_rules(request_type, options, message):
+    with pytest.raises(MustError, match=message):
+        request_type(Path("images"), **options).check_zero_shot_options()
+    request_type(Path("images"), zero_shot=True, classes=Path("c.txt"), templates=Path("t.txt")).check_zero_shot_options()
