@@ -17,7 +17,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "must_cli"
 @pytest.mark.parametrize("module", ["must_cli.predict", "must_cli.evaluate", "must_cli.export"])
 def test_inference_commands_do_not_load_training(module):
     code = (f"import sys, {module}; "
-            "print(sorted(m for m in ('must_cli.adapt', 'must_cli.trainer', 'must_cli.engine') if m in sys.modules))")
+            "print(sorted(m for m in ('must_cli.adapt', 'must_cli.training', 'must_cli.trainer', 'must_cli.engine') "
+            "if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
 
