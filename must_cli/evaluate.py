@@ -63,16 +63,24 @@ def not_labeled(root: Path, unknown: list[str], classnames: Sequence[str]) -> st
             "unlabeled photos with `must predict`")
 
 
+def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Images per (true class, predicted class); undecodable images (pred -1) are left out."""
+    valid = preds >= 0
+    preds, labels = preds[valid], labels[valid]
+    confusion = torch.zeros(k, k, dtype=torch.long)
+    confusion.index_put_((labels, preds), torch.ones_like(labels), accumulate=True)
+    return confusion
+
+
 def accuracy_report(preds: torch.Tensor, labels: torch.Tensor, classnames: Sequence[str], top_confusions: int = 5) -> dict:
     """Top-1, mean per-class recall, per-class recall and the most confused (true, predicted) pairs.
 
     Undecodable images (pred -1) are left out; confusion ties keep class order, so reports are reproducible.
     """
     k = len(classnames)
+    confusion = confusion_matrix(preds, labels, k)
     valid = preds >= 0
     preds, labels = preds[valid], labels[valid]
-    confusion = torch.zeros(k, k, dtype=torch.long)
-    confusion.index_put_((labels, preds), torch.ones_like(labels), accumulate=True)
     support = confusion.sum(1)
     recall = confusion.diag().float() / support.clamp_min(1)
     present = support > 0

@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
+import torch
 
 from must_cli import __version__
 from must_cli.checkpoint import atomic_write_text
 from must_cli.config import MustConfig, load_preset
+from must_cli.evaluate import accuracy_report, confusion_matrix
 from must_cli.images import ImageReadError, display_name, load_rgb
 from must_cli.model import MustModel
 from must_cli.runtime import pick_device
@@ -230,26 +232,20 @@ def thumbnails(d: ReportData) -> Section:
 
 
 def accuracy(d: ReportData) -> Section:
+    """Both models' accuracy on the labeled folder, computed as `must eval` computes it."""
     lab, names, k = d.labeled, d.run.classnames, len(d.run.classnames)
-    truth = lab.labels
-    rows, recall = [], {}
-    for name, pred in (("zero-shot", lab.zero_shot), ("adapted", lab.adapted)):
-        ok = pred.valid()
-        hits = np.bincount(truth[ok], weights=(pred.labels[ok] == truth[ok]), minlength=k)
-        support = np.bincount(truth[ok], minlength=k)
-        recall[name] = hits / np.maximum(support, 1)
-        rows.append((name, pct((pred.labels[ok] == truth[ok]).mean()), pct(recall[name][support > 0].mean())))
-    body = table(["model", "top-1", "mean per class"], rows)
+    truth = torch.as_tensor(lab.labels, dtype=torch.long)
+    preds = {name: torch.as_tensor(p.labels, dtype=torch.long) for name, p in
+             (("zero-shot", lab.zero_shot), ("adapted", lab.adapted))}
+    measured = {name: accuracy_report(pred, truth, names, TOP_ROWS) for name, pred in preds.items()}
+    recall = {name: np.array([m["per_class_recall"].get(c, 0.0) for c in names]) for name, m in measured.items()}
+    body = table(["model", "top-1", "mean per class"],
+                 [(name, pct(m["top1"]), pct(m["mean_per_class"])) for name, m in measured.items()])
     body += img(plots.per_class_accuracy(recall["zero-shot"], recall["adapted"], names), "per-class accuracy")
-    ok = lab.adapted.valid()
-    confusion = np.zeros((k, k), int)
-    np.add.at(confusion, (truth[ok], lab.adapted.labels[ok]), 1)
     if k <= plots.MAX_MATRIX:
+        confusion = confusion_matrix(preds["adapted"], truth, k).numpy()
         body += img(plots.matrix(confusion, names, names, "adapted label", "true class"), "confusion matrix")
-    off = confusion.copy()
-    np.fill_diagonal(off, 0)
-    top = [(names[i], names[j], int(off[i, j])) for i, j in
-           zip(*np.unravel_index(np.argsort(-off, axis=None, kind="stable")[:TOP_ROWS], off.shape)) if off[i, j]]
+    top = [(p["true"], p["predicted"], p["count"]) for p in measured["adapted"]["confusions"]]
     body += "<h3>Most confused (adapted model)</h3>" + table(["true class", "predicted as", "images"], top)
     return section(
         f"Accuracy on the labeled folder {display_name(lab.folder)}",
