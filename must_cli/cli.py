@@ -284,7 +284,7 @@ def verify(
     no_browser: bool = typer.Option(False, "--no-browser", help="Print the page's URL without opening a browser."),
     port: int = typer.Option(0, "--port", metavar="N", help="Port on 127.0.0.1 (0: a free one)."),
     images: Optional[Path] = typer.Option(None, "--images", metavar="DIR", help="The run's images, if they moved."),
-    device: str = typer.Option("auto", "--device", metavar="NAME", help="auto, cpu, cuda or cuda:N (only for runs made before adapt saved its labels)."),
+    device: str = typer.Option(AUTO_DEVICE, "--device", metavar="NAME", help="Device: auto, cpu, cuda or cuda:N (only for runs made before adapt saved its labels)."),
 ) -> None:
     """Verify whether adaptation helped: label a few images whose label changed, in a local page; get the gain and its 90% interval."""
     from must_cli.cli_format import show_verify_summary

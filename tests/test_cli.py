@@ -65,7 +65,7 @@ def test_terminal_messages_wrap_at_words_and_never_split_a_command():
     assert len(plain.getvalue().splitlines()) == 1  # logs keep one line per message
 
 
-@pytest.mark.parametrize("command", [*COMMANDS, "report"])
+@pytest.mark.parametrize("command", [*COMMANDS, "report", "verify"])
 def test_help_text_has_no_empty_defaults_odd_metavars_or_mixed_case(command):
     """Issue 21, item 12: no `[default: ]`, no `[[DIRECTORY]]`, no `<str>`; every option's help starts upper-case."""
     import click
