@@ -245,7 +245,7 @@ def export(
     format: str = typer.Option(..., "--format", metavar="FORMAT", help="Format: onnx or torchscript."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="Default: model.onnx / model.torchscript.pt next to the model."),
     opset: int = typer.Option(18, "--opset", metavar="N", help="ONNX opset (18 or higher)."),
-    fp16: bool = typer.Option(False, "--fp16", help="fp16 weights (inputs/outputs stay float32); checked to 1e-2."),
+    fp16: bool = typer.Option(False, "--fp16", help="Half-precision (fp16) weights; inputs and outputs stay float32; checked to 1e-2."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Compare with PyTorch on random inputs (batch 1 and 3)."),
 ) -> None:
     """Export image tower + classifier as one ONNX or TorchScript graph (pixel_values -> logits, probabilities)."""
