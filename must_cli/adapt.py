@@ -35,7 +35,7 @@ from must_cli.runtime import autocast_for, default_workers, pick_device, thread_
 from must_cli.tensorboard_log import TensorBoardLog, TensorBoardReporter
 from must_cli.trainer import BatchPlan, Trainer
 from must_cli.training import Training, build_training
-from must_cli.verify_data import ModelLabels, load_both, save_both
+from must_cli.verify_data import ModelLabels, save_both
 from must_cli.views import EpochSampler, TrainViews
 from must_cli.warmstart import load_warm_start
 
@@ -181,7 +181,7 @@ def train_and_ship(setup: Setup, out: Path, resume_from: Path | None) -> AdaptRe
         note, changed = None, None
         if dist.is_main:
             adapted_labels = predict(nets.teacher)
-            both = load_both(save_both(out, setup.images, pool, zero_shot_labels, adapted_labels, len(setup.paths)).parent)
+            both = save_both(out, setup.images, pool, zero_shot_labels, adapted_labels, len(setup.paths))
             changed = (len(both.changed()), len(both.predicted()))
             note = guard(adapted_labels, zero_shot_labels, len(setup.classnames), cfg.guard_min_balance,
                          prior) if cfg.guard else None

@@ -74,14 +74,15 @@ def relative_paths(images: Path, paths: Sequence[Path]) -> list[str]:
 
 
 def save_both(run: Path, images: Path, paths: Sequence[Path], zero_shot: ModelLabels, adapted: ModelLabels,
-              found: int, adapted_model: str = "ema-teacher") -> Path:
-    """Write RUN/predictions-both.json atomically."""
+              found: int, adapted_model: str = "ema-teacher") -> BothPredictions:
+    """Write RUN/predictions-both.json atomically; returns what load_both would read back."""
     images = Path(os.path.abspath(images))  # absolute, symlinks kept: a linked file stays inside the folder
+    both = BothPredictions(images, relative_paths(images, [Path(os.path.abspath(p)) for p in paths]),
+                           zero_shot, adapted, found, adapted_model)
     doc = {"format": FORMAT, "images": os.fsdecode(images), "found": found, "adapted_model": adapted_model,
-           "paths": relative_paths(images, [Path(os.path.abspath(p)) for p in paths]),
-           "zero_shot": zero_shot.__dict__, "adapted": adapted.__dict__}
+           "paths": both.paths, "zero_shot": zero_shot.__dict__, "adapted": adapted.__dict__}
     atomic_write_text(run / BOTH_FILE, json.dumps(doc, separators=(",", ":")) + "\n")
-    return run / BOTH_FILE
+    return both
 
 
 def load_both(run: Path, images: Path | None = None) -> BothPredictions | None:
