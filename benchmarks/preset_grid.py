@@ -41,7 +41,6 @@ from must_cli.model import build_zero_shot
 from benchmarks import common
 from benchmarks.corruptions import corrupt_folder
 
-REPO = Path(__file__).resolve().parents[1]
 SETTINGS = ("indomain", "gaussian_noise", "defocus_blur", "contrast")
 POOL, VAL, SIZE = (3500, 4500), (4500, 5000), 1000
 # Each row: tiny-images with these values. fair_ref_batch 64 at batch 64 is round 3's fairness (the
@@ -63,19 +62,19 @@ ROWS: dict[str, dict[str, float]] = {
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shared", type=Path, default=REPO.parent / "shared")
-    p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "_work" / "grid")
+    p.add_argument("--shared", type=Path, default=common.SHARED)
+    p.add_argument("--work", type=Path, default=common.REPO / "benchmarks" / "_work" / "grid")
     p.add_argument("--models", nargs="+", default=["standin", "tinyclip", "tinyclip-full"])
     p.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
     p.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--summary", action="store_true", help="print the tables from finished runs and stop")
-    p.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "preset-grid.json")
+    p.add_argument("--json", type=Path, default=common.REPO / "benchmarks" / "results" / "preset-grid.json")
     return p.parse_args()
 
 
 def model_dir(shared: Path, name: str) -> Path:
-    return REPO / "benchmarks" / "models" / "cifar10-standin" if name == "standin" else shared / "models" / f"cifar10-{name}"
+    return common.STANDIN if name == "standin" else shared / "models" / f"cifar10-{name}"
 
 
 def data(args: argparse.Namespace) -> dict[str, tuple[Path, Path]]:

@@ -230,7 +230,8 @@ def run_ours(model: MustModel, data: list, s: dict, tau: float, running: bool, r
     rounding (see ADAM_EPS) carry a difference of up to one lr into the next step's gradients.
     """
     cfg = MustConfig(threshold=tau, w_fair=HP["w_fair"], w_align=HP["w_align"], ema_mu0=HP["mu0"],
-                     ema_mu_final=HP["mu_final"], ema_mu_steps=HP["warm_it"], ema_ref_batch=s["batch"], fair_ref_batch=s["batch"],
+                     ema_mu_final=HP["mu_final"], ema_mu_steps=HP["warm_it"], ema_ref_batch=s["batch"],
+                     fair_ref_batch=s["batch"],
                      fair_running_classes=min(512, s["classes"]) if running else s["classes"] + 1,
                      weight_decay=HP["wd"], layer_decay=HP["ld"], batch_size=s["batch"])
     nets = build_training(model, cfg, torch.device("cpu"), s["image"], optimizer_kind="plain").nets  # as adapt builds

@@ -4,9 +4,10 @@ The fairness term pulls the model's predictions towards the class prior, so an a
 predictions are *less* balanced than zero-shot CLIP's on the same images has drifted against it:
 pseudo-labels feeding on their own errors for a few classes, up to a collapse onto few classes.
 On the preset grid (docs/presets.md, validation files of three stand-ins) 10 of the 11 runs that
-lost more than a point showed such a drop (to 0.992 or below), and shipping zero-shot whenever balance fell below 0.993 of
-zero-shot's (midway between the chosen preset's closest losing and gaining in-domain runs, 0.990
-and 0.996) cut its worst cell from -3.3 to -0.5 points while raising its mean. Then zero-shot is
+lost more than a point showed such a drop (to 0.992 or below), and shipping zero-shot whenever
+balance fell below 0.993 of zero-shot's (midway between the chosen preset's closest losing and
+gaining in-domain runs, 0.990 and 0.996) cut its worst cell from -3.3 to -0.5 points while
+raising its mean. Then zero-shot is
 shipped instead, and the adapted model stays in the run's last checkpoint, so labels can overrule
 this (`must verify RUN`, then `--choose adapted`).
 The labels the guard compares are saved (verify_data.save_both), since they also give the set of

@@ -64,7 +64,8 @@ def test_the_old_per_micro_batch_mean_differs_so_the_test_above_can_fail():
     cfg = MustConfig(threshold=0.9999, mim=False, align=False, accum_steps=8, fair_ref_batch=0)
     group = [{"weak": images[i:i + 4], "strong": images[i:i + 4]} for i in range(0, G, 4)]
     accumulate(model, teacher, group, cfg, TrainState(), contextlib.nullcontext)
-    differs = [not torch.allclose(p.grad, big_grads[n], **TOL) for n, p in model.named_parameters() if p.grad is not None]
+    differs = [not torch.allclose(p.grad, big_grads[n], **TOL)
+               for n, p in model.named_parameters() if p.grad is not None]
     assert any(differs)
 
 
