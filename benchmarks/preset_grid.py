@@ -13,6 +13,14 @@ Settings, all on CIFAR-10 **train** files [4500:5000) of each class (never test 
   severity 5 (benchmarks/corruptions.py), adapted on transductively and scored on the same images.
   Impulse noise, saturate and fog are left for a held-out check; nothing here touches test files.
 
+``--split test`` is the check of the chosen row against issue 19's targets, never used to choose:
+the same settings with CIFAR-10 **test** files [0:100) of each class in place of the validation
+files (the in-domain pool stays train files [3500:4500)). There the guard runs offline: adapt
+ships the adapted model (``guard = false``) and the result records whether the guard, given the
+same saved labels (predictions-both.json), would have shipped zero-shot instead, so each run
+gives the gain with and without the brake. ``--pool N`` adapts in-domain on N pool images (item 4:
+1,000, 4,000, 10,000; the pool slice holds 10,000).
+
 Each run goes through the real CLI (``must adapt``) and is scored in-process against the zero-shot
 classifier of the same model on the same images, which also gives the label-free signals a brake
 could use (share of changed labels, prediction balance, the last epoch's kept share and
@@ -21,6 +29,8 @@ teacher-student agreement). Every finished run writes ``result.json`` and is ski
     python -m benchmarks.preset_grid                     # every row, seed 0 (hours on a 2-core CPU)
     python -m benchmarks.preset_grid --rows r3 ref-2e-3x8 --models standin
     python -m benchmarks.preset_grid --summary           # tables from what has landed
+    python -m benchmarks.preset_grid --split test --rows ref-5e-4x4 --seeds 0 1 2
+    python -m benchmarks.preset_grid --split test --rows ref-5e-4x4 --models standin --settings indomain --pool 4000
 """
 
 from __future__ import annotations
@@ -34,15 +44,17 @@ from pathlib import Path
 import torch
 
 from must_cli.checkpoint import load_model, preprocess_of, read_metadata
-from must_cli.guard import prediction_balance
+from must_cli.guard import guard, prediction_balance
 from must_cli.inference import predict_labels
 from must_cli.model import build_zero_shot
+from must_cli.verify_data import load_both
 
 from benchmarks import common
 from benchmarks.corruptions import corrupt_folder
 
 SETTINGS = ("indomain", "gaussian_noise", "defocus_blur", "contrast")
 POOL, VAL, SIZE = (3500, 4500), (4500, 5000), 1000
+BRAKE = 0.993  # the guard's guard_min_balance, applied offline on the test split
 # Each row: tiny-images with these values. fair_ref_batch 64 at batch 64 is round 3's fairness (the
 # batch's own mean); 1024 is the paper's global batch (engine.fairness_mean).
 # Listed in the order they run (--rows keeps this order): the likeliest safe row first (a quarter of
@@ -68,9 +80,16 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
     p.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--split", choices=["validation", "test"], default="validation",
+                   help="validation files choose; test files only check the chosen row (issue 19's targets)")
+    p.add_argument("--pool", type=int, default=SIZE, help="in-domain pool size (item 4: 1000, 4000, 10000)")
     p.add_argument("--summary", action="store_true", help="print the tables from finished runs and stop")
-    p.add_argument("--json", type=Path, default=common.REPO / "benchmarks" / "results" / "preset-grid.json")
-    return p.parse_args()
+    p.add_argument("--json", type=Path, help="default: benchmarks/results/preset-grid.json (preset-test.json)")
+    args = p.parse_args()
+    args.root = args.work if args.split == "validation" else args.work / "test"  # data, zero-shot, runs
+    name = "preset-grid.json" if args.split == "validation" else "preset-test.json"
+    args.json = args.json or common.REPO / "benchmarks" / "results" / name
+    return args
 
 
 def model_dir(shared: Path, name: str) -> Path:
@@ -80,11 +99,15 @@ def model_dir(shared: Path, name: str) -> Path:
 def data(args: argparse.Namespace) -> dict[str, tuple[Path, Path]]:
     """(unlabeled folder, labeled folder) per setting, built once under <work>/data."""
     cifar = common.extract_cifar(args.shared, args.work)
-    root = args.work / "data"
-    val = common.train_slice(cifar, VAL, SIZE)
-    pool = common.train_slice(cifar, POOL, SIZE)
+    root = args.root / "data"
+    if args.split == "test":
+        val = common.balanced_subset(cifar / "test", SIZE)
+    else:
+        val = common.train_slice(cifar, VAL, SIZE)
+    pool = common.train_slice(cifar, POOL, args.pool)
     labeled = common.materialize(root / "val", lambda d: common.link_labeled(val, d))
-    out = {"indomain": (common.materialize(root / "pool", lambda d: common.link_flat(pool, d)), labeled)}
+    pooled = root / ("pool" if args.pool == SIZE else f"pool{args.pool}")
+    out = {"indomain": (common.materialize(pooled, lambda d: common.link_flat(pool, d)), labeled)}
     for c in SETTINGS[1:]:
         bad = common.materialize(root / c / "labeled", lambda d, c=c: corrupt_folder(labeled, d, c, 5, seed=0))
         files = sorted(p for p in bad.glob("*/*") if p.is_file())
@@ -99,7 +122,7 @@ def labels_of(folder: Path, classes: list[str]) -> tuple[list[Path], torch.Tenso
 
 def zero_shot(args: argparse.Namespace, name: str, setting: str, labeled: Path) -> dict:
     """Zero-shot predictions on the labeled images, cached as JSON."""
-    out = args.work / "zero-shot" / name / setting / "preds.json"
+    out = args.root / "zero-shot" / name / setting / "preds.json"
     if out.is_file():
         return json.loads(out.read_text())
     spec, classes_file, templates = common.model_inputs(args.work, "indomain", model_dir(args.shared, name))
@@ -116,7 +139,8 @@ def zero_shot(args: argparse.Namespace, name: str, setting: str, labeled: Path) 
 def adapt(args: argparse.Namespace, name: str, setting: str, row: str, seed: int,
           folders: tuple[Path, Path]) -> dict:
     """One `must adapt` run, scored against zero-shot; result.json is the record (skip if present)."""
-    run = args.work / "runs" / row / name / setting / f"seed{seed}"
+    cell = setting if args.pool == SIZE or setting != "indomain" else f"{setting}-pool{args.pool}"
+    run = args.root / "runs" / row / name / cell / f"seed{seed}"
     if (run / "result.json").is_file():
         return json.loads((run / "result.json").read_text())
     unlabeled, labeled = folders
@@ -124,7 +148,8 @@ def adapt(args: argparse.Namespace, name: str, setting: str, row: str, seed: int
     spec, classes_file, templates = common.model_inputs(args.work, "indomain", model_dir(args.shared, name))
     run.parent.mkdir(parents=True, exist_ok=True)
     cfg = run.parent / f"seed{seed}.toml"
-    cfg.write_text("".join(f"{k} = {v!r}\n" for k, v in ROWS[row].items()))
+    values = {**ROWS[row], **({"guard": False} if args.split == "test" else {})}
+    cfg.write_text("".join(f"{k} = {str(v).lower() if isinstance(v, bool) else repr(v)}\n" for k, v in values.items()))
     argv = ["adapt", str(unlabeled), "--classes", str(classes_file), "--templates", str(templates), "--model", spec,
             "--preset", "tiny-images", "--config", str(cfg), "--seed", str(seed), "--output", str(run),
             "--overwrite", "--device", "cpu", "--workers", "1"]
@@ -143,10 +168,14 @@ def adapt(args: argparse.Namespace, name: str, setting: str, row: str, seed: int
         "changed": (preds != zs_preds).float().mean().item(),
         "balance": prediction_balance(preds, k), "balance_zero_shot": prediction_balance(zs_preds, k),
         "kept": last.get("kept"), "agree": last.get("agree"), "chosen": read_metadata(run).get("chosen"),
-        "adapt_seconds": seconds, "command": shlex.join(["must", *argv]),
+        "adapt_seconds": seconds, "command": shlex.join(["must", *argv]), "split": args.split, "pool": args.pool,
         "preds": preds.tolist(),  # per image, in the order of zero-shot/<model>/<setting>/preds.json
     }
     res["gain"] = res["top1"] - res["zero_shot"]
+    if args.split == "test":  # what the guard would have shipped, from the labels adapt saved
+        both = load_both(run)
+        res["braked"] = guard(both.adapted, both.zero_shot, k, BRAKE) is not None
+        res["shipped_gain"] = 0.0 if res["braked"] else res["gain"]
     (run / "result.json").write_text(json.dumps(res, indent=1))
     return res
 
@@ -214,9 +243,35 @@ def brake(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def targets(results: list[dict]) -> str:
+    """Issue 19's targets on the test split: per cell the mean gain over seeds, without and with the
+    brake, then the mean and worst cell (no cell below -1, mean >= +3) and the stand-in's in-domain
+    gain by pool size (>= +3.5 at 1,000, rising)."""
+    cells: dict[tuple[str, str, int], list[dict]] = {}
+    for r in results:
+        cells.setdefault((r["model"], r["setting"], r.get("pool", SIZE)), []).append(r)
+    lines = ["| model | setting | pool | seeds | zero-shot | gain, adapted | gain, shipped (brake) | braked |",
+             "|---|---|---|---|---|---|---|---|"]
+    summary = {"adapted": [], "shipped": []}
+    for (model, setting, pool), runs in sorted(cells.items()):
+        g = [100 * r["gain"] for r in runs]
+        s = [100 * r["shipped_gain"] for r in runs]
+        spread = (lambda v: f" ± {statistics.stdev(v):.1f}" if len(v) > 1 else "")
+        lines.append(f"| {model} | {setting} | {pool:,} | {len(runs)} | {100 * runs[0]['zero_shot']:.1f} | "
+                     f"{statistics.fmean(g):+.1f}{spread(g)} | {statistics.fmean(s):+.1f}{spread(s)} | "
+                     f"{sum(r['braked'] for r in runs)}/{len(runs)} |")
+        if pool == SIZE:
+            summary["adapted"].append(statistics.fmean(g))
+            summary["shipped"].append(statistics.fmean(s))
+    for kind, means in summary.items():
+        if means:
+            lines.append(f"\n{kind}: {len(means)} cells at 1,000 images, mean {statistics.fmean(means):+.2f} "
+                         f"(target >= +3), worst {min(means):+.1f} (target >= -1)")
+    return "\n".join(lines)
+
+
 def main() -> None:
     args = parse_args()
-    results_dir = args.work / "runs"
     if not args.summary:
         folders = data(args)
         for row in [r for r in ROWS if r in args.rows]:  # row by row, so a stopped grid still has whole rows
@@ -226,9 +281,12 @@ def main() -> None:
                         r = adapt(args, name, setting, row, seed, folders[setting])
                         common.log(f"{row} {name} {setting} seed {seed}: zero-shot {100 * r['zero_shot']:.1f} -> "
                                   f"{100 * r['top1']:.1f} ({100 * r['gain']:+.1f}), changed {100 * r['changed']:.1f}%")
-    results = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*/*/*/*/result.json"))]
+    results = [json.loads(p.read_text()) for p in sorted((args.root / "runs").glob("*/*/*/*/result.json"))]
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"machine": common.machine(), "runs": results}, indent=1))
+    args.json.write_text(json.dumps({"machine": common.machine(), "split": args.split, "runs": results}, indent=1))
+    if args.split == "test":
+        print(targets(results))
+        return
     print(table(results))
     print()
     print(brake(results))
