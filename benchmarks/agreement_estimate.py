@@ -29,7 +29,8 @@ from torchvision import transforms as T
 
 from must_cli.images import ImageReadError, load_rgb
 from must_cli.model import MustModel, Preprocess
-from must_cli.views import _interp, _seeded, _to_tensor, eval_view, sample_seed
+from must_cli.transforms import eval_view, interpolation, to_tensor
+from must_cli.views import _seeded, sample_seed
 
 AUGMENTED_VIEWS = 2  # random views per image: one pair, the least that measures disagreement
 BOOTSTRAP_DRAWS = 1000
@@ -43,8 +44,8 @@ def estimate_view(pre: Preprocess) -> T.Compose:
     flowers, cars): a right prediction should survive it, a guess often does not.
     """
     return T.Compose([
-        T.RandomResizedCrop(pre.image_size, scale=(0.5, 1.0), interpolation=_interp(pre.interpolation)),
-        T.RandomHorizontalFlip(), *_to_tensor(pre),
+        T.RandomResizedCrop(pre.image_size, scale=(0.5, 1.0), interpolation=interpolation(pre.interpolation)),
+        T.RandomHorizontalFlip(), *to_tensor(pre),
     ])
 
 

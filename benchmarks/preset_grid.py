@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from must_cli.checkpoint import load_model, preprocess_of, read_metadata
+from must_cli.model_file import load_model, preprocess_of, read_metadata
 from must_cli.guard import guard, prediction_balance
 from must_cli.inference import predict_labels
 from must_cli.model import build_zero_shot

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from must_cli.checkpoint import atomic_write_text, read_metadata
+from must_cli.atomic import atomic_write_text
+from must_cli.model_file import read_metadata
 from must_cli.config import load_preset
 from must_cli.errors import MustError
 

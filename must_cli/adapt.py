@@ -16,11 +16,12 @@ from torch.utils.data import DataLoader
 
 from must_cli import __version__
 from must_cli.cache import ResizedCache
-from must_cli.checkpoint import atomic_write_text, save_model
+from must_cli.atomic import atomic_write_text
+from must_cli.model_file import save_model
 from must_cli.classnames import read_class_file, resolve_templates
 from must_cli.config import MustConfig, to_toml
 from must_cli.distributed import Dist, decide_once, finish, init_distributed
-from must_cli.evaluate import LabeledSet, labeled_images
+from must_cli.labeled import labeled_images, LabeledSet
 from must_cli.guard import guard, guard_sample, sample_labels
 from must_cli.images import scan_images
 from must_cli.model import MustModel, Preprocess, build_must_model, vision_config

@@ -138,7 +138,7 @@ def eval_(
     """Measure accuracy on labeled images: top-1, mean per class, per-class recall, most confused pairs."""
     import json
     check_inputs_cheaply(images, model, adapted=not zero_shot)
-    from must_cli.checkpoint import atomic_write_text
+    from must_cli.atomic import atomic_write_text
     from must_cli.evaluate import EvalRequest, run_eval
 
     req = EvalRequest(images, model, zero_shot, classes, pretrained, templates, batch_size, workers, device)

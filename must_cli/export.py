@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from must_cli import __version__
-from must_cli.checkpoint import load_model, preprocess_of
+from must_cli.model_file import load_model, preprocess_of
 from must_cli.errors import MustError
 from must_cli.images import display_name
 from must_cli.model import MustModel

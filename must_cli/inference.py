@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from must_cli.config import INFERENCE_BATCH
 from must_cli.model import MustModel, Preprocess
 from must_cli.runtime import Autocast
-from must_cli.views import FolderImages
+from must_cli.transforms import FolderImages
 
 
 def iter_probs(

@@ -16,7 +16,8 @@ from typing import Callable, TextIO
 
 import torch
 
-from must_cli.checkpoint import atomic_write, load_model, preprocess_of
+from must_cli.atomic import atomic_write
+from must_cli.model_file import load_model, preprocess_of
 from must_cli.classnames import read_class_file
 from must_cli.config import PIXEL_CEILING
 from must_cli.errors import MustError

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from must_cli import __version__
-from must_cli.checkpoint import atomic_write_text
+from must_cli.atomic import atomic_write_text
 from must_cli.config import MustConfig, load_preset
-from must_cli.evaluate import accuracy_report, confusion_matrix
+from must_cli.labeled import accuracy_report, confusion_matrix
 from must_cli.images import ImageReadError, display_name, load_rgb
 from must_cli.model import MustModel
 from must_cli.runtime import pick_device

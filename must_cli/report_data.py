@@ -19,10 +19,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from must_cli.checkpoint import MODEL_FILE, atomic_write_text, load_checkpoint, load_model, preprocess_of, read_metadata
+from must_cli.atomic import atomic_write_text
+from must_cli.checkpoint import load_checkpoint
+from must_cli.model_file import load_model, preprocess_of, read_metadata
+from must_cli.runs import MODEL_FILE
 from must_cli.config import MustConfig
 from must_cli.errors import MustError
-from must_cli.evaluate import labeled_images
+from must_cli.labeled import labeled_images
 from must_cli.guard import guard_sample, sample_labels
 from must_cli.images import discover_images
 from must_cli.model import MustModel, Preprocess, build_must_model

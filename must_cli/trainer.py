@@ -23,12 +23,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from must_cli import __version__
-from must_cli.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from must_cli.atomic import atomic_write_text
+from must_cli.checkpoint import load_checkpoint, save_checkpoint
 from must_cli.config import MustConfig
 from must_cli.distributed import Dist, agreed_error, reduce_sum
 from must_cli.engine import METRIC_NAMES, TrainState, scaled_lr, train_epoch
 from must_cli.errors import MustError, RunStopped
-from must_cli.evaluate import LabeledSet
+from must_cli.labeled import LabeledSet
 from must_cli.priors import label_balance
 from must_cli.images import display_name
 from must_cli.model import MustModel

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from must_cli.checkpoint import atomic_write, atomic_write_text
+from must_cli.atomic import atomic_write, atomic_write_text
 from must_cli.errors import MustError
 from must_cli.report_data import both_predictions, load_models, read_run
 from must_cli.runs import MODEL_FILE, FolderLock

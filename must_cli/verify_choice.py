@@ -17,7 +17,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from must_cli import __version__
-from must_cli.checkpoint import MODEL_FORMAT, atomic_write, load_checkpoint, read_metadata, save_model
+from must_cli.atomic import atomic_write
+from must_cli.checkpoint import load_checkpoint
+from must_cli.model_file import MODEL_FORMAT, read_metadata, save_model
 from must_cli.errors import MustError
 from must_cli.model import MustModel, build_must_model
 from must_cli.record import read_record

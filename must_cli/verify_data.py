@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from must_cli.checkpoint import atomic_write_text
+from must_cli.atomic import atomic_write_text
 from must_cli.errors import MustError
 
 BOTH_FILE = "predictions-both.json"  # in the run folder

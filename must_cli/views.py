@@ -21,7 +21,6 @@ from PIL import Image
 from timm.data.auto_augment import rand_augment_transform
 from torch.utils.data import Dataset, Sampler
 from torchvision import transforms as T
-from torchvision.transforms import InterpolationMode
 from torchvision.transforms.functional import pil_modes_mapping
 
 from must_cli.cache import ResizedCache
@@ -29,25 +28,12 @@ from must_cli.config import MustConfig
 from must_cli.images import ImageReadError, load_rgb
 from must_cli.masking import MaskGenerator
 from must_cli.model import Preprocess
-
-
-def _interp(name: str) -> InterpolationMode:
-    return InterpolationMode(name) if name in {m.value for m in InterpolationMode} else InterpolationMode.BICUBIC
-
-
-def _to_tensor(pre: Preprocess) -> list[Callable]:
-    return [T.ToTensor(), T.Normalize(pre.mean, pre.std)]
-
-
-def eval_view(pre: Preprocess) -> T.Compose:
-    """Resize the shorter side to the input size, centre crop: CLIP's evaluation transform."""
-    interp = _interp(pre.interpolation)
-    return T.Compose([T.Resize(pre.image_size, interp), T.CenterCrop(pre.image_size), *_to_tensor(pre)])
+from must_cli.transforms import interpolation, to_tensor
 
 
 def _translate(pre: Preprocess, fraction: float) -> list[Callable]:
     """Resize + crop to the input size, shifted by up to ``fraction`` of the side (reflect padding)."""
-    interp, size = _interp(pre.interpolation), pre.image_size
+    interp, size = interpolation(pre.interpolation), pre.image_size
     pad = round(fraction * size)
     crop = T.RandomCrop(size, padding=pad, padding_mode="reflect") if pad else T.RandomCrop(size)
     return [T.Resize(size, interp), crop]
@@ -56,7 +42,7 @@ def _translate(pre: Preprocess, fraction: float) -> list[Callable]:
 def weak_view(pre: Preprocess, cfg: MustConfig) -> T.Compose:
     """Teacher input: the paper's Resize + RandomCrop, close to the test view so pseudo-labels stay reliable."""
     flip = [T.RandomHorizontalFlip()] if cfg.weak_flip else []
-    return T.Compose([*_translate(pre, cfg.weak_translate), *flip, *_to_tensor(pre)])
+    return T.Compose([*_translate(pre, cfg.weak_translate), *flip, *to_tensor(pre)])
 
 
 def is_low_res(pre: Preprocess, cfg: MustConfig) -> bool:
@@ -86,7 +72,7 @@ def strong_view(pre: Preprocess, cfg: MustConfig) -> T.Compose:
     """Student input. The paper's: RandomResizedCrop + flip + RandAugment. At low resolution (the
     rule in ``MustConfig.low_res_*``), FixMatch's CIFAR recipe: flip + translate + RandAugment +
     Cutout, because a 0.3-area crop of a 32-px image keeps ~17 px and upsamples the rest away."""
-    interp = _interp(pre.interpolation)
+    interp = interpolation(pre.interpolation)
     mean = tuple(round(255 * m) for m in pre.mean)
     hparams = {
         "translate_const": int(pre.image_size * 0.45),
@@ -99,10 +85,10 @@ def strong_view(pre: Preprocess, cfg: MustConfig) -> T.Compose:
     randaugment = [rand_augment_transform(cfg.randaugment, hparams)] if cfg.randaugment else []
     if is_low_res(pre, cfg):
         return T.Compose([*_translate(pre, cfg.low_res_translate), T.RandomHorizontalFlip(), *randaugment,
-                          Cutout(cfg.low_res_cutout, mean), *_to_tensor(pre)])
+                          Cutout(cfg.low_res_cutout, mean), *to_tensor(pre)])
     scale = (cfg.strong_crop_min, cfg.strong_crop_max)
     return T.Compose([T.RandomResizedCrop(pre.image_size, scale=scale, interpolation=interp),
-                      T.RandomHorizontalFlip(), *randaugment, *_to_tensor(pre)])
+                      T.RandomHorizontalFlip(), *randaugment, *to_tensor(pre)])
 
 
 def sample_seed(*parts: int) -> int:
@@ -190,21 +176,3 @@ class TrainViews(Dataset):
         if self.masks is not None:
             out["mask"] = torch.from_numpy(self.masks(np.random.default_rng(seed)))
         return out
-
-
-class FolderImages(Dataset):
-    """Test-view images for zero-shot checks, evaluation and prediction; never holds all images."""
-
-    def __init__(self, paths: Sequence[Path], pre: Preprocess):
-        self.paths, self.view = list(paths), eval_view(pre)
-        self.size = pre.image_size
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, bool]:
-        try:
-            return self.view(load_rgb(self.paths[index])), index, True
-        except ImageReadError:
-            return torch.zeros(3, self.size, self.size), index, False
-

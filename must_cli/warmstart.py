@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from safetensors.torch import load_file
 
-from must_cli.checkpoint import WARM_START_PREFIXES, read_metadata
+from must_cli.model_file import read_metadata, WARM_START_PREFIXES
 from must_cli.errors import MustError
 from must_cli.images import display_name
 from must_cli.model import MustModel, Preprocess, build_must_model

@@ -11,7 +11,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from must_cli.checkpoint import load_checkpoint, load_model
+from must_cli.checkpoint import load_checkpoint
+from must_cli.model_file import load_model
 from must_cli.cli import app
 from must_cli.config import MustConfig, resolve_config
 from must_cli.engine import cosine_lr

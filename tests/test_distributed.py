@@ -26,7 +26,8 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from must_cli.checkpoint import load_checkpoint, load_model
+from must_cli.checkpoint import load_checkpoint
+from must_cli.model_file import load_model
 from must_cli.runs import list_checkpoints
 from must_cli.cli import app
 

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from must_cli.cli import app
 from must_cli.errors import MustError
-from must_cli.evaluate import EvalRequest, accuracy_report, labeled_images
+from must_cli.evaluate import EvalRequest
+from must_cli.labeled import accuracy_report, labeled_images
 from must_cli.predict import PredictRequest
 
 from helpers import CLASSES, make_color_images

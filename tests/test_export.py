@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from must_cli import __version__
 from must_cli import export as export_mod
-from must_cli.checkpoint import load_model
+from must_cli.model_file import load_model
 from must_cli.cli import app
 from must_cli.errors import MustError
 from must_cli.export import ExportGraph, run_export

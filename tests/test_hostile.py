@@ -20,7 +20,8 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner, Result
 
 from must_cli import checkpoint
-from must_cli.checkpoint import load_checkpoint, load_model
+from must_cli.checkpoint import load_checkpoint
+from must_cli.model_file import load_model, save_model
 from must_cli.runs import list_checkpoints
 from must_cli.cli import app
 from must_cli.errors import MustError
@@ -308,7 +309,7 @@ def test_save_model_refuses_non_finite_weights(adapted_run, tmp_path):
         model.classifier[0, 0] = float("inf")
     keep = {k: meta[k] for k in ("vision_config", "classnames", "templates", "preprocess")}
     with pytest.raises(MustError, match=r"model\.safetensors: not written: weight 'classifier' holds NaN or infinite"):
-        checkpoint.save_model(tmp_path / "model.safetensors", model, keep)
+        save_model(tmp_path / "model.safetensors", model, keep)
     assert list(tmp_path.iterdir()) == []  # no partial file either
 
 

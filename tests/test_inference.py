@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from must_cli.checkpoint import load_model, preprocess_of
+from must_cli.model_file import load_model, preprocess_of
 from must_cli.images import scan_images
 from must_cli.inference import iter_probs
 

@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from must_cli.checkpoint import atomic_write, load_model, preprocess_of, save_model
+from must_cli.atomic import atomic_write
+from must_cli.model_file import load_model, preprocess_of, save_model
 from must_cli.cli import app
 from must_cli.classnames import shipped_templates
 from must_cli.inference import predict_labels

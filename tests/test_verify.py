@@ -204,7 +204,7 @@ def test_list_writes_the_next_images_to_label(verify_run):
 def test_choose_zero_shot_keeps_the_adapted_model_and_predict_uses_the_choice(verify_run, tmp_path):
     from safetensors.torch import load_file
 
-    from must_cli.checkpoint import load_model, read_metadata
+    from must_cli.model_file import load_model, read_metadata
 
     adapted, before = load_model(verify_run / "model.safetensors")[0], load_file(verify_run / "model.safetensors")
     r = CliRunner().invoke(app, ["verify", str(verify_run), "--choose", "zero-shot"])

@@ -11,7 +11,8 @@ from torchvision import transforms as T
 from must_cli.config import MustConfig
 from must_cli.masking import MaskGenerator
 from must_cli.model import Preprocess
-from must_cli.views import Cutout, EpochSampler, TrainViews, eval_view, is_low_res, strong_view, weak_view
+from must_cli.transforms import eval_view
+from must_cli.views import Cutout, EpochSampler, is_low_res, strong_view, TrainViews, weak_view
 
 PRE = Preprocess(32, (0.48, 0.46, 0.41), (0.27, 0.26, 0.28))
 

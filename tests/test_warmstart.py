@@ -8,7 +8,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from must_cli.checkpoint import load_model, read_metadata
+from must_cli.model_file import load_model, read_metadata
 from must_cli.cli import app
 from must_cli.errors import MustError
 from must_cli.model import build_must_model
