@@ -27,10 +27,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from must_cli.images import ImageReadError, load_rgb
-from must_cli.model import MustModel, Preprocess
-from must_cli.transforms import eval_view, interpolation, to_tensor
-from must_cli.views import _seeded, sample_seed
+from must_cli.files.images import ImageReadError, load_rgb
+from must_cli.method.model import MustModel, Preprocess
+from must_cli.method.transforms import eval_view, interpolation, to_tensor
+from must_cli.method.views import _seeded, sample_seed
 
 AUGMENTED_VIEWS = 2  # random views per image: one pair, the least that measures disagreement
 BOOTSTRAP_DRAWS = 1000

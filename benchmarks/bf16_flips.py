@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import CIFAR, SHARED
-from must_cli.labeled import labeled_images
-from must_cli.model import MustModel, build_must_model
-from must_cli.transforms import eval_view
-from must_cli.images import load_rgb
+from must_cli.method.labeled import labeled_images
+from must_cli.method.model import MustModel, build_must_model
+from must_cli.method.transforms import eval_view
+from must_cli.files.images import load_rgb
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

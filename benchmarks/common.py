@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
 
-from must_cli.atomic import atomic_write_text
+from must_cli.files.atomic import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"  # models/ (round 1's stand-ins), data/ (the CIFAR-10 JPEG archive), reference/

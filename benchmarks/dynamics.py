@@ -29,13 +29,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from must_cli import views
-from must_cli.config import MustConfig
-from must_cli.engine import METRIC_NAMES, TrainState, train_epoch
-from must_cli.inference import predict_labels
-from must_cli.images import discover_images
-from must_cli.model import build_must_model
-from must_cli.training import build_training
+from must_cli.method import views
+from must_cli.base.config import MustConfig
+from must_cli.method.engine import METRIC_NAMES, TrainState, train_epoch
+from must_cli.method.inference import predict_labels
+from must_cli.files.images import discover_images
+from must_cli.method.model import build_must_model
+from must_cli.training.builder import build_training
 
 
 def parse_args() -> argparse.Namespace:

@@ -129,8 +129,8 @@ def measure(run: Run, sample: int) -> dict:
     import torch
 
     from benchmarks.agreement_estimate import estimate_accuracy, estimate_gain, predict_views
-    from must_cli.labeled import labeled_images
-    from must_cli.report_data import evenly, load_models, read_run
+    from must_cli.method.labeled import labeled_images
+    from must_cli.commands.report_data import evenly, load_models, read_run
 
     folder = read_run(run.folder)
     zero_shot, adapted, pre, _ = load_models(folder, torch.device("cpu"))

@@ -23,7 +23,7 @@ from typing import Sequence
 from benchmarks.common import (CIFAR, REPO, SHARED, SHARED_MODELS, SHARED_POOL_SKIP as POOL_SKIP, device_args, evaluate,
                                link_flat, link_labeled, log, materialize, model_inputs, must, provenance, write_json,
                                zero_shot_args)
-from must_cli.model_file import read_metadata
+from must_cli.method.model_file import read_metadata
 
 PRIORS = ("uniform", "estimate")
 TARGET_GAIN_LT, TARGET_BALANCED_GAP = 3.0, 0.5  # points; from issue 12
@@ -99,11 +99,11 @@ def estimate_setting(imbalance: float, args: argparse.Namespace, inp: tuple, ord
     zero-shot accuracy on the matching test set (Saerens et al.'s posterior correction, no training)."""
     import torch
 
-    from must_cli.labeled import labeled_images
-    from must_cli.inference import iter_probs
-    from must_cli.images import scan_images
-    from must_cli.model import build_must_model
-    from must_cli.priors import em_prior, total_variation
+    from must_cli.method.labeled import labeled_images
+    from must_cli.method.inference import iter_probs
+    from must_cli.files.images import scan_images
+    from must_cli.method.model import build_must_model
+    from must_cli.method.priors import em_prior, total_variation
 
     model_spec, classes_file, templates_file = inp
     classnames = classes_file.read_text().split("\n")[:-1]

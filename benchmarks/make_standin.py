@@ -36,9 +36,9 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 
-from must_cli.config import MustConfig
-from must_cli.model import Preprocess
-from must_cli.views import strong_view
+from must_cli.base.config import MustConfig
+from must_cli.method.model import Preprocess
+from must_cli.method.views import strong_view
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 TEMPLATES = [f"a {a}photo of {d} {{}}." for d in ("a", "the") for a in

@@ -43,11 +43,11 @@ from pathlib import Path
 
 import torch
 
-from must_cli.model_file import load_model, preprocess_of, read_metadata
-from must_cli.guard import guard, prediction_balance
-from must_cli.inference import predict_labels
-from must_cli.model import build_zero_shot
-from must_cli.verify_data import load_both
+from must_cli.method.model_file import load_model, preprocess_of, read_metadata
+from must_cli.method.guard import guard, prediction_balance
+from must_cli.method.inference import predict_labels
+from must_cli.method.model import build_zero_shot
+from must_cli.files.verify_data import load_both
 
 from benchmarks import common
 from benchmarks.corruptions import corrupt_folder

@@ -34,10 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from must_cli.atomic import atomic_write_text
-from must_cli.model_file import read_metadata
-from must_cli.config import load_preset
-from must_cli.errors import MustError
+from must_cli.files.atomic import atomic_write_text
+from must_cli.method.model_file import read_metadata
+from must_cli.base.config import load_preset
+from must_cli.base.errors import MustError
 
 from benchmarks.common import (DEV_CORRUPTIONS, MODELS, REPO, SEVERITY, SHARED, balanced_subset, device_args,
                                extract_cifar, link_flat, link_labeled, log, materialize, model_inputs, must, provenance,

@@ -31,13 +31,13 @@ import torch.nn.functional as F
 from open_clip.transformer import QuickGELU, VisionTransformer
 from torch import nn
 
-from must_cli.config import MustConfig
-from must_cli.engine import METRIC_NAMES, TrainState, ema_update, train_epoch
-from must_cli.losses import self_training_loss
-from must_cli.masking import MaskGenerator
-from must_cli.model import MustModel, Preprocess
-from must_cli.training import build_training
-from must_cli.views import strong_view, weak_view
+from must_cli.base.config import MustConfig
+from must_cli.method.engine import METRIC_NAMES, TrainState, ema_update, train_epoch
+from must_cli.method.losses import self_training_loss
+from must_cli.method.masking import MaskGenerator
+from must_cli.method.model import MustModel, Preprocess
+from must_cli.training.builder import build_training
+from must_cli.method.views import strong_view, weak_view
 
 SHAPES = {  # width, layers, heads, patch, image, embed dim, classes, batch; classifier column norm chosen so
     # that random weights give teacher confidences spread over (0, 1) rather than all 1.0 at logit scale 100
@@ -257,7 +257,7 @@ def run_ours(model: MustModel, data: list, s: dict, tau: float, running: bool, r
         if i:
             load_weights(model, ref_run["params"][i - 1])
             load_weights(teacher, ref_run["teachers"][i - 1])
-        with mock.patch("must_cli.engine.ema_update", ema_and_record):
+        with mock.patch("must_cli.method.engine.ema_update", ema_and_record):
             train_epoch(model, teacher, opt, [batch], cfg, state, len(data), peak, floor, torch.device("cpu"),
                         contextlib.nullcontext, on_step)
     return {"terms": terms, "grads": rec.grads, "params": rec.params, "lrs": rec.lrs, "teachers": teachers,

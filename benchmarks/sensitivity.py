@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from must_cli.engine import param_groups
-from must_cli.inference import predict_labels
-from must_cli.model import build_must_model
+from must_cli.method.engine import param_groups
+from must_cli.method.inference import predict_labels
+from must_cli.method.model import build_must_model
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ anything), clean and under the five development corruptions (severity 5):
   embedding, L2-normalised) of ``--probe-per-class`` unlabeled-pool files per class (corrupted
   the same way for the corruption rows); ``headroom`` = probe - zero-shot;
 * ``strong_view_agreement``: share of test images whose prediction on the strong view MUST
-  uses (``must_cli.views.strong_view`` with the default MustConfig, no mask) equals the one on
+  uses (``must_cli.method.views.strong_view`` with the default MustConfig, no mask) equals the one on
   the eval view; also with the paper's 224-px view for comparison;
 * mean max-softmax and ECE (15 bins) at the model's own logit scale, and that scale.
 
@@ -33,9 +33,9 @@ from PIL import Image
 from benchmarks.common import CIFAR, DEV_CORRUPTIONS, SEVERITY
 from benchmarks.corruptions import CORRUPTIONS, image_seed
 from benchmarks.make_standin import MEAN, STD, class_embeddings, load_split, to_input
-from must_cli.config import MustConfig
-from must_cli.model import Preprocess
-from must_cli.views import strong_view
+from must_cli.base.config import MustConfig
+from must_cli.method.model import Preprocess
+from must_cli.method.views import strong_view
 
 
 def corrupt(images: np.ndarray, name: str) -> np.ndarray:

@@ -18,7 +18,7 @@ import torch
 from benchmarks.common import CIFAR
 from benchmarks.make_standin import class_embeddings, load_split
 from benchmarks.standin_report import agreement
-from must_cli.config import MustConfig
+from must_cli.base.config import MustConfig
 
 VARIANTS: dict[str, dict] = {  # name: MustConfig fields changed from the defaults
     "product low-res view (flip, shift 12.5%, Cutout 0.5, RandAugment n2 m9)": {},

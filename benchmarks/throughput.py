@@ -41,14 +41,14 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from must_cli.runtime import adamw, autocast_for, default_workers
-from must_cli.cache import ResizedCache
-from must_cli.config import MustConfig
-from must_cli.engine import TrainState, must_step, param_groups, train_epoch
-from must_cli.masking import MaskGenerator, resolve_mask_patch_size
-from must_cli.model import MustModel, Preprocess, build_visual
-from must_cli.training import build_training
-from must_cli.views import EpochSampler, TrainViews
+from must_cli.base.runtime import adamw, autocast_for, default_workers
+from must_cli.files.cache import ResizedCache
+from must_cli.base.config import MustConfig
+from must_cli.method.engine import TrainState, must_step, param_groups, train_epoch
+from must_cli.method.masking import MaskGenerator, resolve_mask_patch_size
+from must_cli.method.model import MustModel, Preprocess, build_visual
+from must_cli.training.builder import build_training
+from must_cli.method.views import EpochSampler, TrainViews
 
 # Small towers for CPU runs; any other name is looked up in open_clip's model configs.
 LOCAL_CONFIGS: dict[str, dict[str, Any]] = {
@@ -252,9 +252,9 @@ def e2e_images(root: Path, n: int) -> Path:
 def e2e_bare_step(cfg: MustConfig, steps: int) -> float:
     """img/s of adapt's own nets (build_training: same AdamW, compile setting, frozen parts) on synthetic batches
     of the run's shapes (views, masks), in this process's thread budget: the ceiling an epoch can reach."""
-    from must_cli.classnames import read_class_file, resolve_templates
-    from must_cli.model import build_must_model
-    from must_cli.training import build_training
+    from must_cli.files.classnames import read_class_file, resolve_templates
+    from must_cli.method.model import build_must_model
+    from must_cli.training.builder import build_training
 
     classes = read_class_file(EXAMPLES / "classes.txt")
     model, pre = build_must_model(f"local-dir:{STANDIN}", "", classes,
@@ -304,8 +304,8 @@ def run_e2e(args: argparse.Namespace, root: Path) -> list[dict[str, Any]]:
 
     On a shared CPU the load moves between minutes, so the step is timed on both sides of the command.
     """
-    from must_cli.config import resolve_config
-    from must_cli.runtime import thread_budget
+    from must_cli.base.config import resolve_config
+    from must_cli.base.runtime import thread_budget
 
     cfg = resolve_config("tiny-images", overrides={"device": "cpu"})
     workers = default_workers(args.e2e_workers, torch.device("cpu"))

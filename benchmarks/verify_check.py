@@ -45,9 +45,9 @@ from benchmarks.common import (
     provenance, write_json,
 )
 from benchmarks.corruptions import corrupt_folder
-from must_cli.verify_data import load_both
-from must_cli.verify_log import outcome_of
-from must_cli.verify_stats import Tally, estimate_gain
+from must_cli.files.verify_data import load_both
+from must_cli.commands.verify_log import outcome_of
+from must_cli.commands.verify_stats import Tally, estimate_gain
 
 CHECKPOINTS = (10, 20, 40, 80)  # labels after which coverage is counted
 WIDTHS = (20, 40, 80)  # labels after which the median half-width is reported

@@ -13,10 +13,10 @@ from must_cli.cli_format import (
     AdaptCommand, MustCommand, config_help, err_console, nothing_to_resume, one_line_errors, session, show_adapt_summary,
     version_lines,
 )
-from must_cli.config import AUTO_DEVICE, AUTO_WORKERS, INFERENCE_BATCH, MustConfig, preset_names
-from must_cli.progress import Reporter, emit, images_bar
-from must_cli.record import AdaptOptions, inputs_from_flags
-from must_cli.runs import LATEST_RUN, RUNS_DIR, check_inputs_cheaply, model_path, plan_run
+from must_cli.base.config import AUTO_DEVICE, AUTO_WORKERS, INFERENCE_BATCH, MustConfig, preset_names
+from must_cli.base.progress import Reporter, emit, images_bar
+from must_cli.files.record import AdaptOptions, inputs_from_flags
+from must_cli.files.runs import LATEST_RUN, RUNS_DIR, check_inputs_cheaply, model_path, plan_run
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -27,7 +27,7 @@ app = typer.Typer(
 def show_version(value: bool) -> None:
     """--version: must-cli, its torch stack, the device a run would use and what it offers there."""
     if value:
-        from must_cli.doctor import describe_environment
+        from must_cli.commands.doctor import describe_environment
 
         for line in version_lines(describe_environment()):
             typer.echo(line)
@@ -112,7 +112,7 @@ def run_adapt_command(opts: AdaptOptions, argv: list[str]) -> None:
         from must_cli.launch import launch_local
 
         raise typer.Exit(launch_local(opts.gpus, cfg.device, argv, session.debug))
-    from must_cli.adapt import AdaptRequest, run_adapt
+    from must_cli.commands.adapt import AdaptRequest, run_adapt
 
     request = AdaptRequest(inputs, output, resume=opts.resuming, resume_from=opts.resume_from,
                            overwrite=opts.overwrite, tensorboard=opts.tensorboard, init_from=opts.init_from,
@@ -138,8 +138,8 @@ def eval_(
     """Measure accuracy on labeled images: top-1, mean per class, per-class recall, most confused pairs."""
     import json
     check_inputs_cheaply(images, model, adapted=not zero_shot)
-    from must_cli.atomic import atomic_write_text
-    from must_cli.evaluate import EvalRequest, run_eval
+    from must_cli.files.atomic import atomic_write_text
+    from must_cli.commands.evaluate import EvalRequest, run_eval
 
     req = EvalRequest(images, model, zero_shot, classes, pretrained, templates, batch_size, workers, device)
     res = run_eval(req, Reporter(err_console).warn)
@@ -165,8 +165,8 @@ def init(
     """Write a commented must.toml and a classes.txt template; with --images, suggest a preset."""
     from rich.table import Table
 
-    from must_cli.images import display_name
-    from must_cli.scaffold import init_project, survey_images
+    from must_cli.files.images import display_name
+    from must_cli.commands.scaffold import init_project, survey_images
 
     out = Console(highlight=False)
     survey = survey_images(images, lambda msg: err_console.print(f"[yellow]warning:[/] {escape(msg)}")) if images else None
@@ -209,8 +209,8 @@ def predict(
     from rich.table import Table
 
     check_inputs_cheaply(images, model, adapted=not zero_shot)
-    from must_cli.images import display_name
-    from must_cli.predict import PredictRequest, run_predict
+    from must_cli.files.images import display_name
+    from must_cli.commands.predict import PredictRequest, run_predict
 
     req = PredictRequest(images, model, zero_shot, classes, pretrained, templates, batch_size, workers, device,
                          output=output, top_k=top_k, sort_into=sort_into, link=link, min_confidence=min_confidence,
@@ -250,7 +250,7 @@ def export(
 ) -> None:
     """Export image tower + classifier as one ONNX or TorchScript graph (pixel_values -> logits, probabilities)."""
     check_inputs_cheaply(None, model)
-    from must_cli.export import run_export
+    from must_cli.commands.export import run_export
     r = run_export(model_path(model), format, output, opset, fp16, verify)
     check = (f"max |probability difference| vs PyTorch fp32 {r.max_diff:.1e} (tolerance {r.tolerance:g})"
              if r.max_diff is not None else "not verified (--no-verify)")
@@ -267,7 +267,7 @@ def report(
     device: str = typer.Option(AUTO_DEVICE, "--device", metavar="NAME", help="Device: auto, cpu, cuda or cuda:N."),
 ) -> None:
     """Rebuild RUN/report.html: curves, label changes, example images, the share of changed labels and the verified gain."""
-    from must_cli.report import build_report
+    from must_cli.commands.report import build_report
 
     path = build_report(run, images, eval_dir, device, warn=lambda m: err_console.print(f"[yellow]warning:[/] {escape(m)}"))
     Console(highlight=False, soft_wrap=True).print(escape(str(path)))
@@ -288,7 +288,7 @@ def verify(
 ) -> None:
     """Verify whether adaptation helped: label a few images whose label changed, in a local page; get the gain and its 90% interval."""
     from must_cli.cli_format import show_verify_summary
-    from must_cli.verify import VerifyRequest, run_verify
+    from must_cli.commands.verify import VerifyRequest, run_verify
 
     req = VerifyRequest(run, images, labels, list_count, json_out, choose, not no_browser, port, device)
     say = lambda m: err_console.print(escape(m), highlight=False, soft_wrap=True)  # noqa: E731

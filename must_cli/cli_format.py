@@ -15,11 +15,11 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperCommand
 
-from must_cli.config import MustConfig
-from must_cli.doctor import Environment, fix_command, installed, stack_problem
-from must_cli.errors import MustError, RunStopped
-from must_cli.progress import Reporter, emit
-from must_cli.runs import MODEL_FILE, RunPlan
+from must_cli.base.config import MustConfig
+from must_cli.commands.doctor import Environment, fix_command, installed, stack_problem
+from must_cli.base.errors import MustError, RunStopped
+from must_cli.base.progress import Reporter, emit
+from must_cli.files.runs import MODEL_FILE, RunPlan
 
 err_console = Console(stderr=True)
 RESUME_OWN_RUN = ""  # the value of a bare --resume: continue the run in --output (or the newest run)
@@ -127,14 +127,14 @@ def show_adapt_summary(result: Any, with_eval: bool) -> None:
     out.info(f"model written to {result.model_file}" + (" (zero-shot kept by the guard)" if result.guard_note
              else " (EMA teacher)") + (f"; predictions written to {result.predictions}" if result.predictions else ""))
     if result.class_prior and result.class_prior["source"] != "uniform":
-        from must_cli.priors import describe  # torch is loaded by now: adapt ran
+        from must_cli.method.priors import describe  # torch is loaded by now: adapt ran
         out.info(f"class prior {describe(result.class_prior)}")
     show_next_steps(out, result)
 
 
 def show_next_steps(out: Reporter, result: Any) -> None:
     """adapt's last lines: where the report is, and how to know whether adaptation helped (labels, not a guess)."""
-    from must_cli.verify_stats import labels_for_margin
+    from must_cli.commands.verify_stats import labels_for_margin
 
     out.info(f"report: {result.run_dir / 'report.html'}")
     if result.changed is None:

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 
-from must_cli.errors import MustError
+from must_cli.base.errors import MustError
 
 
 def without_gpus(args: list[str]) -> list[str]:

@@ -14,7 +14,7 @@ from open_clip.model import _build_vision_tower
 from PIL import Image
 from safetensors.torch import save_file
 
-from must_cli.model import MustModel
+from must_cli.method.model import MustModel
 
 CLASSES = ["red", "green", "blue"]
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
@@ -102,7 +102,7 @@ def with_changed_labels(run: Path, images: Path, tmp_path: Path) -> Path:
     6 now right, 3 were right, 3 right neither before nor after; for `must verify` and report tests."""
     import shutil
 
-    from must_cli.verify_data import BOTH_FILE
+    from must_cli.files.verify_data import BOTH_FILE
 
     run = Path(shutil.copytree(run, tmp_path / "run"))
     images = Path(shutil.copytree(images, tmp_path / "images"))

@@ -11,12 +11,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from must_cli.checkpoint import load_checkpoint
-from must_cli.model_file import load_model
+from must_cli.files.checkpoint import load_checkpoint
+from must_cli.method.model_file import load_model
 from must_cli.cli import app
-from must_cli.config import MustConfig, resolve_config
-from must_cli.engine import cosine_lr
-from must_cli.runs import list_checkpoints
+from must_cli.base.config import MustConfig, resolve_config
+from must_cli.method.engine import cosine_lr
+from must_cli.files.runs import list_checkpoints
 
 from helpers import CLASSES, one_line_error
 

@@ -14,10 +14,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "must_cli"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("module", ["must_cli.predict", "must_cli.evaluate", "must_cli.export"])
+@pytest.mark.parametrize("module", ["must_cli.commands.predict", "must_cli.commands.evaluate", "must_cli.commands.export"])
 def test_inference_commands_do_not_load_training(module):
     code = (f"import sys, {module}; "
-            "print(sorted(m for m in ('must_cli.adapt', 'must_cli.training', 'must_cli.trainer', 'must_cli.engine') "
+            "print(sorted(m for m in ('must_cli.commands.adapt', 'must_cli.training.builder', 'must_cli.training.trainer', 'must_cli.method.engine') "
             "if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"

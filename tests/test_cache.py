@@ -11,13 +11,13 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import must_cli.cache as cache_module
-from must_cli.cache import ResizedCache, cached_side
-from must_cli.images import load_rgb
-from must_cli.masking import MaskGenerator
-from must_cli.model import Preprocess
-from must_cli.config import MustConfig
-from must_cli.views import TrainViews
+import must_cli.files.cache as cache_module
+from must_cli.files.cache import ResizedCache, cached_side
+from must_cli.files.images import load_rgb
+from must_cli.method.masking import MaskGenerator
+from must_cli.method.model import Preprocess
+from must_cli.base.config import MustConfig
+from must_cli.method.views import TrainViews
 
 INPUT = 64  # model input side: cached side 96, images with a shorter side >= 192 are cached
 

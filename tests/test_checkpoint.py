@@ -17,13 +17,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from must_cli import checkpoint
-from must_cli.atomic import atomic_write, atomic_write_text
-from must_cli.checkpoint import load_checkpoint, save_checkpoint
-from must_cli.model_file import load_model, MODEL_FORMAT, preprocess_of, read_metadata, save_model
-from must_cli.errors import MustError
-from must_cli.model import Preprocess
-from must_cli.runs import list_checkpoints
+from must_cli.files import checkpoint
+from must_cli.files.atomic import atomic_write, atomic_write_text
+from must_cli.files.checkpoint import load_checkpoint, save_checkpoint
+from must_cli.method.model_file import load_model, MODEL_FORMAT, preprocess_of, read_metadata, save_model
+from must_cli.base.errors import MustError
+from must_cli.method.model import Preprocess
+from must_cli.files.runs import list_checkpoints
 
 from helpers import CLASSES, TINY_MODEL_CFG, tiny_model
 

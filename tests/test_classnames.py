@@ -2,7 +2,7 @@ import time
 
 import pytest
 
-from must_cli.classnames import (
+from must_cli.files.classnames import (
     fill_templates,
     read_class_file,
     read_templates,
@@ -10,8 +10,8 @@ from must_cli.classnames import (
     shipped_templates,
     template_sets,
 )
-from must_cli.config import load_preset, preset_names
-from must_cli.errors import MustError
+from must_cli.base.config import load_preset, preset_names
+from must_cli.base.errors import MustError
 
 
 def write(tmp_path, text, name="classes.txt", encoding="utf-8"):

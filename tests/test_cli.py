@@ -15,7 +15,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from must_cli.cli import app
-from must_cli.progress import Reporter
+from must_cli.base.progress import Reporter
 
 STATS = {"loss": 1.2345, "kept": 0.5, "balance": 0.9876, "agree": 0.75, "loss_mim": 0.1234, "loss_align": 0.4567,
          "lr": 1.5e-05}
@@ -24,7 +24,7 @@ COMMANDS = ["adapt", "eval", "predict", "export", "init"]
 
 def test_log_output_is_one_plain_line_every_few_steps(monkeypatch):
     """Without a terminal: a line per N steps (a tenth of the epoch) or per 10 s, whichever is rarer (issue 21, item 15)."""
-    import must_cli.progress as progress
+    import must_cli.base.progress as progress
 
     now = [0.0]
     monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
@@ -219,8 +219,8 @@ def test_no_network_is_found_with_one_short_connection_attempt_and_no_download(m
     import open_clip
     from huggingface_hub import constants
 
-    from must_cli import model
-    from must_cli.errors import MustError
+    from must_cli.method import model
+    from must_cli.base.errors import MustError
 
     attempts = []
 

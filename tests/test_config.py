@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from must_cli.config import MustConfig, load_preset, preset_names, resolve_config, to_toml
-from must_cli.errors import MustError
+from must_cli.base.config import MustConfig, load_preset, preset_names, resolve_config, to_toml
+from must_cli.base.errors import MustError
 
 # (base_lr, epochs, threshold, mask_ratio, mask_patch_size, w_align, w_fair, ema_mu0, ema_mu_steps)
 TABLE_KEYS = ("base_lr", "epochs", "threshold", "mask_ratio", "mask_patch_size", "w_align", "w_fair",

@@ -26,9 +26,9 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from must_cli.checkpoint import load_checkpoint
-from must_cli.model_file import load_model
-from must_cli.runs import list_checkpoints
+from must_cli.files.checkpoint import load_checkpoint
+from must_cli.method.model_file import load_model
+from must_cli.files.runs import list_checkpoints
 from must_cli.cli import app
 
 from helpers import make_color_images

@@ -10,7 +10,7 @@ import importlib
 
 import pytest
 
-import must_cli.doctor as doctor
+import must_cli.commands.doctor as doctor
 from must_cli.cli_format import version_lines
 
 

@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 
-from must_cli.config import MustConfig
-from must_cli.engine import (
+from must_cli.base.config import MustConfig
+from must_cli.method.engine import (
     METRIC_NAMES, TrainState, cosine_lr, ema_batch_ratio, ema_decay, ema_update, must_step, param_groups,
     pixel_mask, scaled_lr, train_epoch,
 )
-from must_cli.losses import fairness_loss
+from must_cli.method.losses import fairness_loss
 
 from helpers import tiny_model
 

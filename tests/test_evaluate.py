@@ -10,10 +10,10 @@ import torch
 from typer.testing import CliRunner
 
 from must_cli.cli import app
-from must_cli.errors import MustError
-from must_cli.evaluate import EvalRequest
-from must_cli.labeled import accuracy_report, labeled_images
-from must_cli.predict import PredictRequest
+from must_cli.base.errors import MustError
+from must_cli.commands.evaluate import EvalRequest
+from must_cli.method.labeled import accuracy_report, labeled_images
+from must_cli.commands.predict import PredictRequest
 
 from helpers import CLASSES, make_color_images
 

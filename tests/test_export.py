@@ -13,11 +13,11 @@ import torch
 from typer.testing import CliRunner
 
 from must_cli import __version__
-from must_cli import export as export_mod
-from must_cli.model_file import load_model
+from must_cli.commands import export as export_mod
+from must_cli.method.model_file import load_model
 from must_cli.cli import app
-from must_cli.errors import MustError
-from must_cli.export import ExportGraph, run_export
+from must_cli.base.errors import MustError
+from must_cli.commands.export import ExportGraph, run_export
 
 
 def reference(adapted_run, x: torch.Tensor) -> np.ndarray:

@@ -16,9 +16,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from must_cli.config import MustConfig
-from must_cli.engine import METRIC_NAMES, TrainState, accumulate, must_step, reference_batch_mean
-from must_cli.losses import fairness_loss
+from must_cli.base.config import MustConfig
+from must_cli.method.engine import METRIC_NAMES, TrainState, accumulate, must_step, reference_batch_mean
+from must_cli.method.losses import fairness_loss
 
 from helpers import tiny_model
 

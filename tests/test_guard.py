@@ -5,11 +5,11 @@ import math
 
 import torch
 
-from must_cli.config import MustConfig
-from must_cli.guard import guard, guard_sample, label_balance, prediction_balance, sample_labels
-from must_cli.inference import predict_labels
-from must_cli.model import build_must_model
-from must_cli.verify_data import ModelLabels
+from must_cli.base.config import MustConfig
+from must_cli.method.guard import guard, guard_sample, label_balance, prediction_balance, sample_labels
+from must_cli.method.inference import predict_labels
+from must_cli.method.model import build_must_model
+from must_cli.files.verify_data import ModelLabels
 
 from helpers import CLASSES
 

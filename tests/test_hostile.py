@@ -19,14 +19,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner, Result
 
-from must_cli import checkpoint
-from must_cli.checkpoint import load_checkpoint
-from must_cli.model_file import load_model, save_model
-from must_cli.runs import list_checkpoints
+from must_cli.files import checkpoint
+from must_cli.files.checkpoint import load_checkpoint
+from must_cli.method.model_file import load_model, save_model
+from must_cli.files.runs import list_checkpoints
 from must_cli.cli import app
-from must_cli.errors import MustError
-from must_cli.images import display_name
-from must_cli.verify_data import load_both
+from must_cli.base.errors import MustError
+from must_cli.files.images import display_name
+from must_cli.files.verify_data import load_both
 
 from helpers import TINY_MODEL_CFG, bomb_png, make_color_images, make_tiny_clip, one_line_error
 

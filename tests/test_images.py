@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from must_cli import images
-from must_cli.errors import MustError
-from must_cli.images import (
+from must_cli.files import images
+from must_cli.base.errors import MustError
+from must_cli.files.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     ImageReadError,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from must_cli.model_file import load_model, preprocess_of
-from must_cli.images import scan_images
-from must_cli.inference import iter_probs
+from must_cli.method.model_file import load_model, preprocess_of
+from must_cli.files.images import scan_images
+from must_cli.method.inference import iter_probs
 
 
 def test_stopping_early_leaves_inference_mode_off(adapted_run, unlabeled_images):

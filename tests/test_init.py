@@ -6,10 +6,10 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from helpers import make_color_images
-from must_cli.classnames import read_class_file
+from must_cli.files.classnames import read_class_file
 from must_cli.cli import app
-from must_cli.config import MustConfig, resolve_config
-from must_cli.scaffold import suggest_preset
+from must_cli.base.config import MustConfig, resolve_config
+from must_cli.commands.scaffold import suggest_preset
 
 runner = CliRunner()
 

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from must_cli.losses import alignment_loss, fairness_loss, mim_loss, self_training_loss
+from must_cli.method.losses import alignment_loss, fairness_loss, mim_loss, self_training_loss
 
 
 def test_self_training_keeps_confident_rows_and_averages_over_them_only():

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from must_cli.masking import MaskGenerator, resolve_mask_patch_size
+from must_cli.method.masking import MaskGenerator, resolve_mask_patch_size
 
 
 @pytest.mark.parametrize("image,patch,square,ratio", [(224, 16, 32, 0.3), (224, 16, 16, 0.1), (224, 14, 56, 0.3),

@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from must_cli.classnames import fill_templates
-from must_cli.errors import MustError
-from must_cli.model import build_must_model, check_vit, load_clip, text_classifier
+from must_cli.files.classnames import fill_templates
+from must_cli.base.errors import MustError
+from must_cli.method.model import build_must_model, check_vit, load_clip, text_classifier
 
 from helpers import CLASSES
 

@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from must_cli.cli import app
-from must_cli.runs import METRICS_FILE, checkpoints_of, list_checkpoints
+from must_cli.files.runs import METRICS_FILE, checkpoints_of, list_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
 STANDIN, EXAMPLES = REPO / "benchmarks" / "models" / "cifar10-standin", REPO / "examples"

@@ -14,16 +14,16 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from must_cli.atomic import atomic_write
-from must_cli.model_file import load_model, preprocess_of, save_model
+from must_cli.files.atomic import atomic_write
+from must_cli.method.model_file import load_model, preprocess_of, save_model
 from must_cli.cli import app
-from must_cli.classnames import shipped_templates
-from must_cli.inference import predict_labels
-from must_cli.images import scan_images
-from must_cli.model import build_must_model, vision_config
-from must_cli.errors import MustError
-from must_cli.predict import PredictRequest, run_predict
-from must_cli.sorting import Sorter, safe_folder_names
+from must_cli.files.classnames import shipped_templates
+from must_cli.method.inference import predict_labels
+from must_cli.files.images import scan_images
+from must_cli.method.model import build_must_model, vision_config
+from must_cli.base.errors import MustError
+from must_cli.commands.predict import PredictRequest, run_predict
+from must_cli.commands.sorting import Sorter, safe_folder_names
 
 from helpers import CLASSES, make_color_images, one_line_error
 

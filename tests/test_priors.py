@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from must_cli.errors import MustError
-from must_cli.losses import fairness_loss
-from must_cli.priors import em_prior, label_balance, read_prior_file, resolve_prior, total_variation
+from must_cli.base.errors import MustError
+from must_cli.method.losses import fairness_loss
+from must_cli.method.priors import em_prior, label_balance, read_prior_file, resolve_prior, total_variation
 
 CLASSES = ["cat", "dog", "sea lion"]
 

@@ -20,11 +20,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from must_cli.cli import app
-from must_cli.evaluate import EvalRequest, run_eval
-from must_cli.report import build_report
-from must_cli.report_data import RECORD_FILE, read_run
-from must_cli.verify_data import BOTH_FILE, load_both
-from must_cli.verify_log import append_answer
+from must_cli.commands.evaluate import EvalRequest, run_eval
+from must_cli.commands.report import build_report
+from must_cli.commands.report_data import RECORD_FILE, read_run
+from must_cli.files.verify_data import BOTH_FILE, load_both
+from must_cli.commands.verify_log import append_answer
 
 SECTIONS = ("Summary", "Training curves", "Pseudo-labels", "Zero-shot vs adapted", "Example images",
             "Accuracy on the labeled folder", "Did adaptation help?")
@@ -146,7 +146,7 @@ def test_tensorboard_log_writes_every_scalar(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from must_cli.tensorboard_log import TensorBoardLog
+    from must_cli.training.tensorboard_log import TensorBoardLog
 
     log = TensorBoardLog(tmp_path / "tb")
     log.write({"epoch": 1, "step": 3, "loss": 2.5, "kept": 0.4, "eval": {"teacher": {"top1": 0.75}}})
@@ -160,8 +160,8 @@ def test_tensorboard_log_writes_every_scalar(tmp_path):
 def test_tensorboard_missing_is_a_one_line_error(tmp_path, monkeypatch):
     import sys
 
-    from must_cli.errors import MustError
-    from must_cli.tensorboard_log import TensorBoardLog
+    from must_cli.base.errors import MustError
+    from must_cli.training.tensorboard_log import TensorBoardLog
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import now raises ImportError
     with pytest.raises(MustError, match=r"tensorboard is not installed: pip install tensorboard"):
@@ -178,8 +178,8 @@ def test_sections_stay_compact_for_1000_classes(tmp_path):
 
     import numpy as np
 
-    from must_cli.report import accuracy, flips, pseudo_labels, render
-    from must_cli.report_data import Labeled, Preds, ReportData, RunFolder
+    from must_cli.commands.report import accuracy, flips, pseudo_labels, render
+    from must_cli.commands.report_data import Labeled, Preds, ReportData, RunFolder
 
     n = 2000
     rng = np.random.default_rng(0)

@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from must_cli.cli import app
-from must_cli.runs import RunFolder, RunPlan, list_checkpoints
+from must_cli.files.runs import RunFolder, RunPlan, list_checkpoints
 
 from helpers import one_line_error
 
@@ -40,7 +40,7 @@ def test_a_second_run_into_a_locked_folder_is_refused(tmp_path, tiny_spec, class
 def test_the_lock_dies_with_its_process(tmp_path):
     """kill -9 leaves no stale lock: the kernel drops a flock when its holder dies."""
     out = tmp_path / "run"
-    code = ("import sys, time; from pathlib import Path; from must_cli.runs import RunFolder, RunPlan; "
+    code = ("import sys, time; from pathlib import Path; from must_cli.files.runs import RunFolder, RunPlan; "
             "RunFolder(RunPlan(Path(sys.argv[1]), None)); print('locked', flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
@@ -124,7 +124,7 @@ def test_a_lock_unlinked_while_waiting_for_it_is_taken_again(tmp_path, monkeypat
     Simulated: between our open and our flock, the holder finishes (unlinks and releases), so the flock
     succeeds on a file no longer in the folder. The lock taken must be the one on the file now in place.
     """
-    import must_cli.runs as runs
+    import must_cli.files.runs as runs
 
     out = tmp_path / "run"
     out.mkdir()

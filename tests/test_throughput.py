@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from benchmarks import throughput
-from must_cli.runtime import autocast_for
-from must_cli.config import MustConfig
-from must_cli.engine import TrainState, must_step
+from must_cli.base.runtime import autocast_for
+from must_cli.base.config import MustConfig
+from must_cli.method.engine import TrainState, must_step
 
 from helpers import tiny_model
 

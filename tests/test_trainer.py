@@ -18,16 +18,16 @@ from torch._dynamo.backends.common import aot_autograd
 from torch._dynamo.utils import counters
 from typer.testing import CliRunner
 
-from must_cli import engine
+from must_cli.method import engine
 from must_cli.cli import app
-from must_cli.config import MustConfig
-from must_cli.distributed import Dist
-from must_cli.errors import MustError
-from must_cli.progress import Reporter
-from must_cli.runs import METRICS_FILE, checkpoints_of, list_checkpoints
-from must_cli.trainer import BatchPlan, Trainer
-from must_cli.training import build_training
-from must_cli.views import EpochSampler
+from must_cli.base.config import MustConfig
+from must_cli.base.distributed import Dist
+from must_cli.base.errors import MustError
+from must_cli.base.progress import Reporter
+from must_cli.files.runs import METRICS_FILE, checkpoints_of, list_checkpoints
+from must_cli.training.trainer import BatchPlan, Trainer
+from must_cli.training.builder import build_training
+from must_cli.method.views import EpochSampler
 
 from helpers import one_line_error, tiny_model
 

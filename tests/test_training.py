@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from must_cli.config import MustConfig
-from must_cli.runtime import adamw_kind
-from must_cli.training import build_training, mask_generator, trainable_parts
+from must_cli.base.config import MustConfig
+from must_cli.base.runtime import adamw_kind
+from must_cli.training.builder import build_training, mask_generator, trainable_parts
 
 from helpers import tiny_model
 

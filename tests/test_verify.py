@@ -18,12 +18,12 @@ import pytest
 from typer.testing import CliRunner
 
 from must_cli.cli import app
-from must_cli.errors import MustError
-from must_cli.runs import FolderLock
-from must_cli.verify import VerifyRequest, run_verify
-from must_cli.verify_data import ADAPTED_MODEL_FILE, BOTH_FILE, VERIFY_FILE, load_both
-from must_cli.verify_server import VerifyServer
-from must_cli.verify_session import Session
+from must_cli.base.errors import MustError
+from must_cli.files.runs import FolderLock
+from must_cli.commands.verify import VerifyRequest, run_verify
+from must_cli.files.verify_data import ADAPTED_MODEL_FILE, BOTH_FILE, VERIFY_FILE, load_both
+from must_cli.commands.verify_server import VerifyServer
+from must_cli.commands.verify_session import Session
 
 from helpers import CHANGED, CLASSES, one_line_error, truth_of, with_changed_labels
 
@@ -204,7 +204,7 @@ def test_list_writes_the_next_images_to_label(verify_run):
 def test_choose_zero_shot_keeps_the_adapted_model_and_predict_uses_the_choice(verify_run, tmp_path):
     from safetensors.torch import load_file
 
-    from must_cli.model_file import load_model, read_metadata
+    from must_cli.method.model_file import load_model, read_metadata
 
     adapted, before = load_model(verify_run / "model.safetensors")[0], load_file(verify_run / "model.safetensors")
     r = CliRunner().invoke(app, ["verify", str(verify_run), "--choose", "zero-shot"])

@@ -8,11 +8,11 @@ from PIL import Image
 from timm.data.auto_augment import _RAND_INCREASING_TRANSFORMS, RandAugment
 from torchvision import transforms as T
 
-from must_cli.config import MustConfig
-from must_cli.masking import MaskGenerator
-from must_cli.model import Preprocess
-from must_cli.transforms import eval_view
-from must_cli.views import Cutout, EpochSampler, is_low_res, strong_view, TrainViews, weak_view
+from must_cli.base.config import MustConfig
+from must_cli.method.masking import MaskGenerator
+from must_cli.method.model import Preprocess
+from must_cli.method.transforms import eval_view
+from must_cli.method.views import Cutout, EpochSampler, is_low_res, strong_view, TrainViews, weak_view
 
 PRE = Preprocess(32, (0.48, 0.46, 0.41), (0.27, 0.26, 0.28))
 
@@ -113,8 +113,8 @@ def test_cutout_paints_one_mean_coloured_square_and_translate_shifts():
 
 
 def test_view_fields_are_config_with_a_one_line_error():
-    from must_cli.config import resolve_config
-    from must_cli.errors import MustError
+    from must_cli.base.config import resolve_config
+    from must_cli.base.errors import MustError
 
     cfg = resolve_config(overrides={"randaugment": "rand-n1-m5", "strong_crop_min": 0.5, "low_res_max_size": 0})
     assert cfg.randaugment == "rand-n1-m5" and not is_low_res(PRE, cfg)

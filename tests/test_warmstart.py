@@ -8,11 +8,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from must_cli.model_file import load_model, read_metadata
+from must_cli.method.model_file import load_model, read_metadata
 from must_cli.cli import app
-from must_cli.errors import MustError
-from must_cli.model import build_must_model
-from must_cli.warmstart import load_warm_start
+from must_cli.base.errors import MustError
+from must_cli.method.model import build_must_model
+from must_cli.method.warmstart import load_warm_start
 
 runner = CliRunner()
 NEW_CLASSES = ["blue", "red"]  # another list than the run's (red, green, blue)
