@@ -32,10 +32,11 @@ from open_clip.transformer import QuickGELU, VisionTransformer
 from torch import nn
 
 from must_cli.base.config import MustConfig
-from must_cli.method.engine import METRIC_NAMES, TrainState, ema_update, train_epoch
+from must_cli.method.engine import METRIC_NAMES, TrainState, train_epoch
 from must_cli.method.losses import self_training_loss
 from must_cli.method.masking import MaskGenerator
 from must_cli.method.model import MustModel, Preprocess
+from must_cli.method.schedule import ema_update
 from must_cli.training.builder import build_training
 from must_cli.method.views import strong_view, weak_view
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from must_cli.method.engine import param_groups
+from must_cli.method.schedule import param_groups
 from must_cli.method.inference import predict_labels
 from must_cli.method.model import build_must_model
 

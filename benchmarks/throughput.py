@@ -44,9 +44,10 @@ from torch.utils.data import DataLoader
 from must_cli.base.runtime import adamw, autocast_for, default_workers
 from must_cli.files.cache import ResizedCache
 from must_cli.base.config import MustConfig
-from must_cli.method.engine import TrainState, must_step, param_groups, train_epoch
+from must_cli.method.engine import TrainState, must_step, train_epoch
 from must_cli.method.masking import MaskGenerator, resolve_mask_patch_size
 from must_cli.method.model import MustModel, Preprocess, build_visual
+from must_cli.method.schedule import param_groups
 from must_cli.training.builder import build_training
 from must_cli.method.views import EpochSampler, TrainViews
 

@@ -15,7 +15,7 @@ from must_cli.files.checkpoint import load_checkpoint
 from must_cli.method.model_file import load_model
 from must_cli.cli import app
 from must_cli.base.config import MustConfig, resolve_config
-from must_cli.method.engine import cosine_lr
+from must_cli.method.schedule import cosine_lr
 from must_cli.files.runs import list_checkpoints
 
 from helpers import CLASSES, one_line_error

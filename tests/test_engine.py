@@ -7,10 +7,8 @@ import pytest
 import torch
 
 from must_cli.base.config import MustConfig
-from must_cli.method.engine import (
-    METRIC_NAMES, TrainState, cosine_lr, ema_batch_ratio, ema_decay, ema_update, must_step, param_groups,
-    pixel_mask, scaled_lr, train_epoch,
-)
+from must_cli.method.engine import METRIC_NAMES, TrainState, must_step, pixel_mask, train_epoch
+from must_cli.method.schedule import cosine_lr, ema_batch_ratio, ema_decay, ema_update, param_groups, scaled_lr
 from must_cli.method.losses import fairness_loss
 
 from helpers import tiny_model

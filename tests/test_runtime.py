@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from must_cli.method.engine import param_groups
+from must_cli.method.schedule import param_groups
 from must_cli.base.runtime import (
     adamw, adamw_kind, autocast_for, compile_for_training, compile_wanted, default_workers, eager_module, memory_advice,
     thread_budget,

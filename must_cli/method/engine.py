@@ -1,14 +1,14 @@
-"""The training engine: optimiser groups, schedules, the EMA teacher, one MUST step, one epoch.
+"""The training engine: one MUST step (eq. 6) and one epoch of them.
 
 Written so that the same code runs on one process or under torchrun: the student may
 be wrapped in DistributedDataParallel, the fairness average is all-gathered with
-gradient, and metrics are summed across ranks before anyone reads them.
+gradient, and metrics are summed across ranks before anyone reads them. The parameter
+groups, lr schedule and EMA teacher applied after each step live in schedule.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
@@ -20,84 +20,9 @@ from must_cli.base.config import MustConfig
 from must_cli.base.distributed import distributed, global_mean
 from must_cli.method.losses import alignment_loss, fairness_loss, mim_loss, self_training_loss
 from must_cli.method.model import MustModel
+from must_cli.method.schedule import cosine_lr, ema_batch_ratio, ema_decay, ema_update
 
 METRIC_NAMES = ("loss", "loss_cls", "loss_fair", "loss_mim", "loss_align", "kept", "agree", "nonfinite", "images")
-
-
-# ---------------------------------------------------------------- optimisation
-
-
-def layer_id(name: str, num_layers: int) -> int:
-    """0 for the embedding stem (and [MSK]), i+1 for transformer block i, L+1 for the heads."""
-    if name.startswith("visual.transformer.resblocks."):
-        return int(name.split(".")[3]) + 1
-    stem = ("visual.conv1", "visual.class_embedding", "visual.positional_embedding", "visual.ln_pre", "mask_token")
-    return 0 if name.startswith(stem) else num_layers + 1
-
-
-def param_groups(model: MustModel, weight_decay: float, layer_decay: float) -> list[dict]:
-    """AdamW groups: lr scale layer_decay^(L+1-layer_id), no weight decay on 1-D tensors.
-
-    [MSK] is decayed although we store it 1-D: the reference keeps it (1, 1, width), which
-    its 1-D rule (optim_factory.py:53) does not exempt, and the paper's numbers used that.
-    """
-    num_layers = len(model.visual.transformer.resblocks)
-    groups: dict[tuple[int, bool], dict] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        lid = layer_id(name, num_layers)
-        decay = p.ndim > 1 or name == "mask_token"
-        g = groups.setdefault((lid, decay), {
-            "params": [], "names": [], "weight_decay": weight_decay if decay else 0.0,
-            "lr_scale": layer_decay ** (num_layers + 1 - lid),
-        })
-        g["params"].append(p)
-        g["names"].append(name)
-    return [groups[k] for k in sorted(groups)]
-
-
-def scaled_lr(base_lr: float, global_batch: int) -> float:
-    """The paper's linear scaling rule: lr = base_lr x global batch / 256."""
-    return base_lr * global_batch / 256
-
-
-def cosine_lr(step: int, total: int, peak: float, floor: float) -> float:
-    """Per-iteration cosine from peak to floor, no warmup."""
-    t = min(step, total) / max(total, 1)
-    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * t))
-
-
-def ema_decay(step: int, mu0: float, mu_final: float, ramp_steps: int, batch_ratio: float = 1.0) -> float:
-    """Teacher decay per optimiser step of ``batch_ratio`` = global batch / reference batch.
-
-    mu0, mu_final and ramp_steps are stated at the reference batch; a step of fewer images
-    moves the ramp and the average by that fraction of a reference step (mu ** ratio, ramp
-    in images), so the teacher remembers the same number of images at any global batch.
-    """
-    mu = mu0 + (mu_final - mu0) * min(step * batch_ratio / ramp_steps, 1.0)
-    return mu**batch_ratio
-
-
-def ema_batch_ratio(cfg: MustConfig, micro_batch: int) -> float:
-    """Global batch over cfg.ema_ref_batch (1 when that is 0: decay and ramp per optimiser step)."""
-    if cfg.ema_ref_batch == 0:
-        return 1.0
-    world = dist.get_world_size() if distributed() else 1
-    return micro_batch * world * cfg.accum_steps / cfg.ema_ref_batch
-
-
-@torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
-    """teacher = decay * teacher + (1 - decay) * student, as one foreach kernel per dtype."""
-    t_params = [p for p in teacher.parameters()]
-    s_params = [p.detach() for p in student.parameters()]
-    torch._foreach_lerp_(t_params, s_params, 1.0 - decay)
-    for tb, sb in zip(teacher.buffers(), student.buffers()):
-        tb.copy_(sb)
-
-
-# ---------------------------------------------------------------- the step
 
 
 @dataclass
@@ -176,6 +101,27 @@ def pixel_mask(mask: torch.Tensor, grid: int, patch: int) -> torch.Tensor:
     return m.repeat_interleave(patch, 2).repeat_interleave(patch, 3)
 
 
+def fairness_term(logits: torch.Tensor, state: TrainState, cfg: MustConfig, num_classes: int,
+                  step_mean: torch.Tensor | None) -> torch.Tensor:
+    """L_reg (eq. 3) of one micro-batch, with p_bar averaged as the class count and batch call for.
+
+    Many classes: the reference's running average over the epoch; a step below the reference
+    batch: fairness_mean; otherwise this micro-batch's mean over all processes.
+    """
+    p_bar = global_mean(logits.float().softmax(dim=1))
+    scale = 1.0
+    if num_classes >= cfg.fair_running_classes:
+        # As engine_self_training.py:69-75: the average restarts with each epoch (a resumed
+        # run restores it from the checkpoint), and /0.5 restores the batch's gradient weight.
+        if state.fair_running is not None and state.batches_done > 0:
+            p_bar = 0.5 * (state.fair_running + p_bar)
+        state.fair_running = p_bar.detach()
+        scale = 2.0
+    elif reference_batch_mean(cfg, logits.shape[0]):
+        p_bar = fairness_mean(p_bar, state, cfg, logits.shape[0], step_mean)
+    return scale * fairness_loss(p_bar, state.prior)
+
+
 def must_step(
     student: nn.Module, teacher: MustModel, batch: dict[str, torch.Tensor], cfg: MustConfig,
     state: TrainState, autocast: Callable[[], contextlib.AbstractContextManager],
@@ -200,18 +146,7 @@ def must_step(
     zero = loss_cls.new_zeros(())
     loss_fair = loss_mim = loss_align = zero
     if cfg.fairness:
-        p_bar = global_mean(out.logits.float().softmax(dim=1))
-        scale = 1.0
-        if core.num_classes >= cfg.fair_running_classes:
-            # As engine_self_training.py:69-75: the average restarts with each epoch (a resumed
-            # run restores it from the checkpoint), and /0.5 restores the batch's gradient weight.
-            if state.fair_running is not None and state.batches_done > 0:
-                p_bar = 0.5 * (state.fair_running + p_bar)
-            state.fair_running = p_bar.detach()
-            scale = 2.0
-        elif reference_batch_mean(cfg, weak.shape[0]):
-            p_bar = fairness_mean(p_bar, state, cfg, weak.shape[0], step_mean)
-        loss_fair = scale * fairness_loss(p_bar, state.prior)
+        loss_fair = fairness_term(out.logits, state, cfg, core.num_classes, step_mean)
         loss = loss + cfg.w_fair * loss_fair
     if cfg.mim:
         target_mask = pixel_mask(mask, core.grid_size, core.patch_size)

@@ -14,7 +14,7 @@ import torch
 
 from must_cli.base.config import MustConfig
 from must_cli.base.distributed import Dist
-from must_cli.method.engine import param_groups
+from must_cli.method.schedule import param_groups
 from must_cli.method.masking import MaskGenerator, resolve_mask_patch_size
 from must_cli.method.model import MustModel
 from must_cli.base.runtime import adamw, compile_for_training

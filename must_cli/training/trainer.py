@@ -27,14 +27,16 @@ from must_cli.files.atomic import atomic_write_text
 from must_cli.files.checkpoint import load_checkpoint, save_checkpoint
 from must_cli.base.config import MustConfig
 from must_cli.base.distributed import Dist, agreed_error, reduce_sum
-from must_cli.method.engine import METRIC_NAMES, TrainState, scaled_lr, train_epoch
+from must_cli.method.engine import METRIC_NAMES, TrainState, train_epoch
 from must_cli.base.errors import MustError, RunStopped
 from must_cli.method.labeled import LabeledSet
 from must_cli.method.priors import label_balance
 from must_cli.files.images import display_name
 from must_cli.method.model import MustModel
+from must_cli.method.schedule import scaled_lr
 from must_cli.base.progress import Reporter
-from must_cli.files.runs import METRICS_FILE, check_fingerprint, checkpoints_of, list_checkpoints
+from must_cli.files.fingerprint import check_fingerprint
+from must_cli.files.run_dir import METRICS_FILE, RunDir
 from must_cli.base.runtime import Autocast, eager_module, error_line, memory_advice
 from must_cli.base.stop import StopRequest
 from must_cli.method.views import EpochSampler
@@ -176,7 +178,7 @@ class Trainer:
             "fingerprint": self.fingerprint, "config": self.cfg.model_dump(), "must_cli_version": __version__,
         }
         keep = max(self.cfg.keep_checkpoints, KEEP_WHILE_RUNNING)
-        save_checkpoint(checkpoints_of(self.run_dir), self.state.step, payload, keep)
+        save_checkpoint(RunDir(self.run_dir).checkpoints, self.state.step, payload, keep)
 
     # ---------------------------------------------------------------- the run
 
@@ -313,7 +315,7 @@ class Trainer:
         return self._halted
 
     def _diverged(self, step: int) -> BaseException:
-        kept = list_checkpoints(checkpoints_of(self.run_dir))
+        kept = RunDir(self.run_dir).checkpoint_files()
         return agreed_error(self.dist.is_main,
                             f"the loss became NaN/inf by step {step}: lower --lr (or use --precision fp32); "
                             + (f"last good checkpoint kept: {kept[-1]}" if kept else "no checkpoint was written yet"))
@@ -321,7 +323,7 @@ class Trainer:
     def _out_of_memory(self) -> BaseException:
         """One line: the batch that did not fit, the flags that would, and the checkpoint kept for --resume."""
         self.nets.optimizer.zero_grad(set_to_none=True)
-        kept = list_checkpoints(checkpoints_of(self.run_dir))
+        kept = RunDir(self.run_dir).checkpoint_files()
         after = (f"checkpoint kept: {kept[-1]}; continue from it with the same command plus --output {self.run_dir} "
                  "--resume and the new flags" if kept else "no checkpoint was written yet: start again with them")
         return MustError(f"{memory_advice(self.plan.per_process, self.cfg.accum_steps, self.plan.world, self.cfg.grad_checkpointing)}; {after}")
