@@ -46,7 +46,8 @@ from must_cli.files.cache import ResizedCache
 from must_cli.base.config import MustConfig
 from must_cli.method.engine import TrainState, must_step, train_epoch
 from must_cli.method.masking import MaskGenerator, resolve_mask_patch_size
-from must_cli.method.model import MustModel, Preprocess, build_visual
+from must_cli.method.clip_loading import build_visual
+from must_cli.method.model import MustModel, Preprocess
 from must_cli.method.schedule import param_groups
 from must_cli.training.builder import build_training
 from must_cli.method.views import EpochSampler, TrainViews

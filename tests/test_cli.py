@@ -219,7 +219,7 @@ def test_no_network_is_found_with_one_short_connection_attempt_and_no_download(m
     import open_clip
     from huggingface_hub import constants
 
-    from must_cli.method import model
+    from must_cli.method import clip_loading
     from must_cli.base.errors import MustError
 
     attempts = []
@@ -233,9 +233,9 @@ def test_no_network_is_found_with_one_short_connection_attempt_and_no_download(m
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", "http://10.255.255.1")
-    monkeypatch.setattr(model, "_weights_cached", lambda name, tag: False)
-    monkeypatch.setattr(model.socket, "create_connection", unreachable)
+    monkeypatch.setattr(clip_loading, "_weights_cached", lambda name, tag: False)
+    monkeypatch.setattr(clip_loading.socket, "create_connection", unreachable)
     monkeypatch.setattr(open_clip, "create_model", no_download)
     with pytest.raises(MustError, match=r"^cannot download weights for ViT-B-16 \(openai\): no network"):
-        model.load_clip("ViT-B-16", "openai")
-    assert attempts == [(("10.255.255.1", 80), model.HUB_TIMEOUT_S)] and model.HUB_TIMEOUT_S <= 5
+        clip_loading.load_clip("ViT-B-16", "openai")
+    assert attempts == [(("10.255.255.1", 80), clip_loading.HUB_TIMEOUT_S)] and clip_loading.HUB_TIMEOUT_S <= 5

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 
 from must_cli.files.classnames import fill_templates
 from must_cli.base.errors import MustError
-from must_cli.method.model import build_must_model, check_vit, load_clip, text_classifier
+from must_cli.method.clip_loading import check_vit, load_clip
+from must_cli.method.model import build_must_model, text_classifier
 
 from helpers import CLASSES
 

@@ -20,7 +20,8 @@ from must_cli.cli import app
 from must_cli.files.classnames import shipped_templates
 from must_cli.method.inference import predict_labels
 from must_cli.files.images import scan_images
-from must_cli.method.model import build_must_model, vision_config
+from must_cli.method.clip_loading import vision_config
+from must_cli.method.model import build_must_model
 from must_cli.base.errors import MustError
 from must_cli.commands.predict import PredictRequest, run_predict
 from must_cli.commands.sorting import Sorter, safe_folder_names

@@ -24,7 +24,8 @@ from must_cli.base.distributed import Dist, decide_once, finish, init_distribute
 from must_cli.method.labeled import labeled_images, LabeledSet
 from must_cli.method.guard import guard, guard_sample, sample_labels
 from must_cli.files.images import scan_images
-from must_cli.method.model import MustModel, Preprocess, build_must_model, vision_config
+from must_cli.method.clip_loading import vision_config
+from must_cli.method.model import MustModel, Preprocess, build_must_model
 from must_cli.method.priors import as_metadata, resolve_prior, zero_shot_probs
 from must_cli.base.progress import Reporter, SilentReporter
 from must_cli.commands.report import reported_when_done

@@ -18,7 +18,8 @@ from safetensors.torch import load_file, save_file
 from must_cli import __version__
 from must_cli.files.atomic import atomic_write
 from must_cli.base.errors import MustError
-from must_cli.method.model import MustModel, Preprocess, build_visual
+from must_cli.method.clip_loading import build_visual
+from must_cli.method.model import MustModel, Preprocess
 from must_cli.files.runs import existing_model_file
 
 MODEL_FORMAT = "must-cli/1"
