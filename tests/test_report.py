@@ -178,7 +178,8 @@ def test_sections_stay_compact_for_1000_classes(tmp_path):
 
     import numpy as np
 
-    from must_cli.commands.report import accuracy, flips, pseudo_labels, render
+    from must_cli.commands.report_html import render
+    from must_cli.commands.report_sections import Changes, accuracy, flips, pseudo_labels
     from must_cli.commands.report_data import Labeled, Preds, ReportData, RunFolder
 
     n = 2000
@@ -194,7 +195,9 @@ def test_sections_stay_compact_for_1000_classes(tmp_path):
         d = ReportData(run, "test", tmp_path, [tmp_path / f"{i}.jpg" for i in range(n)], n, preds(zs), preds(ad))
         d.labeled = Labeled(tmp_path, zs, preds(zs), preds(ad))
         start = time.perf_counter()
-        html = "".join(render(i, part(d)) for i, part in enumerate((pseudo_labels, flips, accuracy), start=3))
+        ch = Changes.of(d)
+        parts = (pseudo_labels(d, ch), flips(d, ch), accuracy(d))
+        html = "".join(render(i, part) for i, part in enumerate(parts, start=3))
         return html, time.perf_counter() - start
 
     sections(20)  # matplotlib's first figure pays for fonts and caches
