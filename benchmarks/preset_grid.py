@@ -84,6 +84,7 @@ def parse_args() -> argparse.Namespace:
                    help="validation files choose; test files only check the chosen row (issue 19's targets)")
     p.add_argument("--pool", type=int, default=SIZE, help="in-domain pool size (item 4: 1000, 4000, 10000)")
     p.add_argument("--summary", action="store_true", help="print the tables from finished runs and stop")
+    p.add_argument("--plot", type=Path, help="with --split test: draw the stand-in's in-domain gain against pool size")
     p.add_argument("--json", type=Path, help="default: benchmarks/results/preset-grid.json (preset-test.json)")
     args = p.parse_args()
     args.root = args.work if args.split == "validation" else args.work / "test"  # data, zero-shot, runs
@@ -270,6 +271,30 @@ def targets(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot_pool(results: list[dict], out: Path) -> None:
+    """Item 4: the stand-in's in-domain gain against pool size, one dot per seed and the mean per size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in results if r["model"] == "standin" and r["setting"] == "indomain"]
+    sizes = sorted({r.get("pool", SIZE) for r in runs})
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    for r in runs:
+        ax.plot(r.get("pool", SIZE), 100 * r["gain"], "o", color="tab:blue", alpha=0.5)
+    means = [statistics.fmean(100 * r["gain"] for r in runs if r.get("pool", SIZE) == n) for n in sizes]
+    ax.plot(sizes, means, "-", color="tab:blue", label="mean over seeds")
+    ax.axhline(3.5, ls="--", color="grey", lw=1, label="target at 1,000 (+3.5)")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set(xscale="log", xticks=sizes, xticklabels=[f"{n:,}" for n in sizes], xlabel="unlabeled pool (images)",
+           ylabel="top-1 gain over zero-shot (points)", title="Stand-in, in-domain, CIFAR-10 test files")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+
+
 def main() -> None:
     args = parse_args()
     if not args.summary:
@@ -286,6 +311,8 @@ def main() -> None:
     args.json.write_text(json.dumps({"machine": common.machine(), "split": args.split, "runs": results}, indent=1))
     if args.split == "test":
         print(targets(results))
+        if args.plot:
+            plot_pool(results, args.plot)
         return
     print(table(results))
     print()
