@@ -131,9 +131,25 @@ def _load(req: PredictRequest, device: torch.device) -> tuple[MustModel, list[st
 Progress = Callable[[int, int], None]  # (images done, images in all), after each batch
 
 
-def run_predict(req: PredictRequest, warn: Callable[[str], None], progress: Progress | None = None) -> PredictResult:
-    """Classify every image under ``req.images``; write/sort as asked; return the rows and a summary."""
-    fmt = output_format(req.output)
+@dataclass
+class _Job:
+    """What run_predict works from once the request is checked: the model, the images, and the rows so far."""
+
+    model: MustModel
+    classnames: list[str]
+    pre: Preprocess
+    device: torch.device
+    k: int  # top-k, at most the number of classes
+    paths: list[Path]
+    skipped: int  # unreadable at scan time
+    sorter: Sorter | None
+    notes: list[str]
+    predictions: list[Prediction] = field(default_factory=list)
+    failed: int = 0  # passed the scan but failed to decode
+
+
+def _prepare(req: PredictRequest, warn: Callable[[str], None]) -> _Job:
+    """Check the request, load the model and scan the folder: everything before the first image is classified."""
     _validate(req)
     device = pick_device(req.device)
     model, classnames, pre = _load(req, device)
@@ -144,48 +160,56 @@ def run_predict(req: PredictRequest, warn: Callable[[str], None], progress: Prog
         notes.append(f"--sort-into {display_name(req.sort_into)} is inside {display_name(req.images)}: "
                      "left out of the scan, so its copies are never sorted again")
     sorter = Sorter(req.sort_into, classnames, req.link, req.min_confidence) if req.sort_into else None
-    predictions: list[Prediction] = []
-    failed = 0
+    return _Job(model, classnames, pre, device, k, paths, len(skipped), sorter, notes)
 
-    def run(write: Callable[[Prediction], None] | None) -> None:
-        nonlocal failed
-        batches = iter_probs(model, paths, pre, device, batch_size=req.batch_size,
-                             workers=default_workers(req.workers), autocast=autocast_for(device, "auto"))
-        done = 0
-        for indices, probs, ok in batches:
-            top_p, top_i = probs.topk(k, dim=1)
-            for j, index in enumerate(indices.tolist()):
-                path = paths[index]
-                if not ok[j]:
-                    failed += 1
-                    warn(f"skipping {display_name(path)}: {_decode_error(path)}")
-                    continue
-                row = Prediction(display_name(path.relative_to(req.images).as_posix()),
-                                 [classnames[c] for c in top_i[j].tolist()], top_p[j].tolist())
-                predictions.append(row)
-                if write:
-                    write(row)
-                if sorter:
-                    sorter.place(path, int(top_i[j, 0]), row.probabilities[0])
-            done += len(indices)
-            if progress:
-                progress(done, len(paths))
+
+def _classify(job: _Job, req: PredictRequest, warn: Callable[[str], None], progress: Progress | None,
+              write: Callable[[Prediction], None] | None) -> None:
+    """Stream the images through the model; each row goes to ``write`` and the sorter as soon as it is known."""
+    batches = iter_probs(job.model, job.paths, job.pre, job.device, batch_size=req.batch_size,
+                         workers=default_workers(req.workers), autocast=autocast_for(job.device, "auto"))
+    done = 0
+    for indices, probs, ok in batches:
+        top_p, top_i = probs.topk(job.k, dim=1)
+        for j, index in enumerate(indices.tolist()):
+            path = job.paths[index]
+            if not ok[j]:
+                job.failed += 1
+                warn(f"skipping {display_name(path)}: {_decode_error(path)}")
+                continue
+            row = Prediction(display_name(path.relative_to(req.images).as_posix()),
+                             [job.classnames[c] for c in top_i[j].tolist()], top_p[j].tolist())
+            job.predictions.append(row)
+            if write:
+                write(row)
+            if job.sorter:
+                job.sorter.place(path, int(top_i[j, 0]), row.probabilities[0])
+        done += len(indices)
+        if progress:
+            progress(done, len(job.paths))
+
+
+def run_predict(req: PredictRequest, warn: Callable[[str], None], progress: Progress | None = None) -> PredictResult:
+    """Classify every image under ``req.images``; write/sort as asked; return the rows and a summary."""
+    fmt = output_format(req.output)
+    job = _prepare(req, warn)
 
     def to_file(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8", newline="") as f:
-            run(_row_writer(f, fmt, k))
+            _classify(job, req, warn, progress, _row_writer(f, fmt, job.k))
 
     start = time.perf_counter()
     if req.output is not None:
         atomic_write(req.output, to_file)
     else:
-        run(None)
+        _classify(job, req, warn, progress, None)
+    sorter = job.sorter
     return PredictResult(
-        predictions=predictions, top_k=k, skipped=len(skipped), failed=failed,
-        seconds=time.perf_counter() - start, device=str(device), output=req.output, sort_into=req.sort_into,
+        predictions=job.predictions, top_k=job.k, skipped=job.skipped, failed=job.failed,
+        seconds=time.perf_counter() - start, device=str(job.device), output=req.output, sort_into=req.sort_into,
         sorted_counts=dict(sorter.counts) if sorter else {}, already_sorted=sorter.already_there if sorter else 0,
         renamed=sorter.renamed if sorter else {},
-        notes=notes + (sorter.notes if sorter else []),
+        notes=job.notes + (sorter.notes if sorter else []),
     )
 
 
