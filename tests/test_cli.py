@@ -4,17 +4,22 @@ a network that is not there."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import re
 import subprocess
 import sys
+from pathlib import Path
+from typing import Annotated, Optional
 
 import pytest
+import typer
 from rich.console import Console
 from typer.testing import CliRunner
 
 from must_cli.cli import app
+from must_cli.cli_options import flags_into
 from must_cli.base.progress import Reporter
 
 STATS = {"loss": 1.2345, "kept": 0.5, "balance": 0.9876, "agree": 0.75, "loss_mim": 0.1234, "loss_align": 0.4567,
@@ -239,3 +244,38 @@ def test_no_network_is_found_with_one_short_connection_attempt_and_no_download(m
     with pytest.raises(MustError, match=r"^cannot download weights for ViT-B-16 \(openai\): no network"):
         clip_loading.load_clip("ViT-B-16", "openai")
     assert attempts == [(("10.255.255.1", 80), clip_loading.HUB_TIMEOUT_S)] and clip_loading.HUB_TIMEOUT_S <= 5
+
+
+class DemoFlags:
+    """Two flags declared as a class, the way cli_options declares `must adapt`'s."""
+
+    folder: Annotated[Optional[Path], typer.Option("--folder")]
+    count: Annotated[int, typer.Option("--count")]
+
+
+@dataclasses.dataclass
+class DemoOptions:
+    folder: Optional[Path] = None
+    count: int = 3
+
+
+def test_flags_declared_as_a_class_reach_the_command_as_one_typed_object():
+    """flags_into: Typer parses the class's flags; the command gets them converted, with the
+    dataclass's defaults, and a flag without a field (or a field without a flag) is refused."""
+    got = []
+    demo = typer.Typer()
+
+    @demo.command()
+    @flags_into(DemoFlags, DemoOptions)
+    def command(ctx: typer.Context, opts: DemoOptions) -> None:
+        got.append(opts)
+
+    result = CliRunner().invoke(demo, ["--folder", "images"])
+    assert result.exit_code == 0, result.output
+    assert got == [DemoOptions(folder=Path("images"), count=3)]
+
+    class MoreFlags(DemoFlags):
+        extra: Annotated[int, typer.Option("--extra")]
+
+    with pytest.raises(TypeError, match="extra"):
+        flags_into(MoreFlags, DemoOptions)

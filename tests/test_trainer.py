@@ -25,7 +25,8 @@ from must_cli.base.distributed import Dist
 from must_cli.base.errors import MustError
 from must_cli.base.progress import Reporter
 from must_cli.files.runs import METRICS_FILE, checkpoints_of, list_checkpoints
-from must_cli.training.trainer import BatchPlan, Trainer
+from must_cli.training.batch_plan import BatchPlan
+from must_cli.training.trainer import Trainer
 from must_cli.training.builder import build_training
 from must_cli.method.views import EpochSampler
 

@@ -35,7 +35,8 @@ from must_cli.files.runs import (
 )
 from must_cli.base.runtime import autocast_for, default_workers, pick_device, thread_budget
 from must_cli.training.tensorboard_log import TensorBoardLog, TensorBoardReporter
-from must_cli.training.trainer import BatchPlan, Trainer
+from must_cli.training.batch_plan import BatchPlan
+from must_cli.training.trainer import Trainer
 from must_cli.training.builder import Training, build_training
 from must_cli.files.verify_data import ModelLabels, save_both
 from must_cli.method.views import EpochSampler, TrainViews
