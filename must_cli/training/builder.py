@@ -8,17 +8,40 @@ from the enabled objectives, instead of as a side effect of asking for the mask 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+from torch import nn
 
 from must_cli.base.config import MustConfig
 from must_cli.base.distributed import Dist
 from must_cli.method.schedule import param_groups
 from must_cli.method.masking import MaskGenerator, resolve_mask_patch_size
 from must_cli.method.model import MustModel
-from must_cli.base.runtime import adamw, compile_for_training
-from must_cli.training.trainer import Nets
+from must_cli.base.runtime import adamw, compile_for_training, eager_module
+
+
+@dataclass
+class Nets:
+    """The networks and optimiser of a run; checkpoints, EMA and the optimiser use the plain modules."""
+
+    student: MustModel
+    teacher: MustModel
+    optimizer: torch.optim.Optimizer
+    train_student: nn.Module  # the student as trained: wrapped in DDP and/or compiled
+    train_teacher: nn.Module
+    runtime: dict[str, Any] = field(default_factory=dict)  # how they run (AdamW kind, compile...), for the run's record
+
+    @property
+    def compiled(self) -> bool:
+        return eager_module(self.train_student) is not self.train_student
+
+    def fall_back_to_eager(self, reason: str) -> None:
+        """Train with the uncompiled modules from now on (same parameters: nothing is lost)."""
+        self.train_student, self.train_teacher = eager_module(self.train_student), eager_module(self.train_teacher)
+        self.runtime["compile"] = f"failed at the first step, ran eager: {reason}"
+        torch._dynamo.reset()  # drop the failed graphs and their caches
 
 
 @dataclass

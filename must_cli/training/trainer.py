@@ -1,5 +1,6 @@
 """The training run around the method: epochs, the per-step hook (progress, NaN agreement,
-signals, periodic checkpoints), metrics.jsonl, and resuming a checkpoint exactly.
+signals, periodic checkpoints), metrics.jsonl, and resuming a checkpoint (resume.py says what
+a checkpoint holds; compile_guard.py guards a compiled run's first step).
 
 engine.train_epoch is the method; this module decides when to log, save and stop, and keeps
 its state on a Trainer object so every rank takes the same decisions in the same order.
@@ -7,24 +8,17 @@ its state on a Trainer object so every rank takes the same decisions in the same
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
-import random
 import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
-import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
-from must_cli import __version__
 from must_cli.files.atomic import atomic_write_text
-from must_cli.files.checkpoint import load_checkpoint, save_checkpoint
 from must_cli.base.config import MustConfig
 from must_cli.base.distributed import Dist, agreed_error, reduce_sum
 from must_cli.method.engine import METRIC_NAMES, TrainState, train_epoch
@@ -35,89 +29,16 @@ from must_cli.files.images import display_name
 from must_cli.method.model import MustModel
 from must_cli.method.schedule import scaled_lr
 from must_cli.base.progress import Reporter
-from must_cli.files.fingerprint import check_fingerprint
 from must_cli.files.run_dir import METRICS_FILE, RunDir
-from must_cli.base.runtime import Autocast, eager_module, error_line, memory_advice
+from must_cli.base.runtime import Autocast, memory_advice
 from must_cli.base.stop import StopRequest
 from must_cli.method.views import EpochSampler
+from must_cli.training.batch_plan import BatchPlan
+from must_cli.training.builder import Nets
+from must_cli.training.compile_guard import guard_first_step
+from must_cli.training.resume import restore_checkpoint, write_checkpoint
 
-KEEP_WHILE_RUNNING = 2  # checkpoints kept mid-run, so one damaged after writing still leaves one to resume
 NONFINITE, IMAGES = METRIC_NAMES.index("nonfinite"), METRIC_NAMES.index("images")
-
-
-@dataclass(frozen=True)
-class BatchPlan:
-    """How the images split into micro-batches, optimiser steps and epochs across processes."""
-
-    per_process: int  # images per micro-batch per process
-    accum_steps: int
-    world: int
-    batches_per_epoch: int  # micro-batches per process per epoch, a multiple of accum_steps
-    epochs: int
-
-    @classmethod
-    def for_images(cls, n_images: int, world: int, cfg: MustConfig, warn: Callable[[str], None],
-                   where: Path) -> "BatchPlan":
-        """The configured batch, lowered (with a warning) when the images are too few for it."""
-        batch = min(cfg.batch_size, n_images // world)
-        if batch < cfg.batch_size:
-            warn(f"only {n_images} images: batch size lowered from {cfg.batch_size} to {batch}")
-        if batch < 2:
-            raise MustError(f"{where}: {n_images} readable image(s) are too few to adapt on: add more images")
-        batches = (-(-n_images // world) // batch) // cfg.accum_steps * cfg.accum_steps
-        if batches == 0:
-            raise MustError(f"{n_images} images are fewer than one optimiser step of "
-                            f"{batch * world * cfg.accum_steps}: lower --batch-size")
-        return cls(batch, cfg.accum_steps, world, batches, cfg.epochs)
-
-    @property
-    def global_batch(self) -> int:
-        return self.per_process * self.world * self.accum_steps
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.batches_per_epoch // self.accum_steps
-
-    @property
-    def total_steps(self) -> int:
-        return self.steps_per_epoch * self.epochs
-
-
-@dataclass
-class Nets:
-    """The networks and optimiser of a run; checkpoints, EMA and the optimiser use the plain modules."""
-
-    student: MustModel
-    teacher: MustModel
-    optimizer: torch.optim.Optimizer
-    train_student: nn.Module  # the student as trained: wrapped in DDP and/or compiled
-    train_teacher: nn.Module
-    runtime: dict[str, Any] = field(default_factory=dict)  # how they run (AdamW kind, compile...), for the run's record
-
-    @property
-    def compiled(self) -> bool:
-        return eager_module(self.train_student) is not self.train_student
-
-    def fall_back_to_eager(self, reason: str) -> None:
-        """Train with the uncompiled modules from now on (same parameters: nothing is lost)."""
-        self.train_student, self.train_teacher = eager_module(self.train_student), eager_module(self.train_teacher)
-        self.runtime["compile"] = f"failed at the first step, ran eager: {reason}"
-        torch._dynamo.reset()  # drop the failed graphs and their caches
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def epoch_stats(total: torch.Tensor, hist: torch.Tensor, lr: float, prior: torch.Tensor | None) -> dict[str, float]:
@@ -152,16 +73,7 @@ class Trainer:
 
     def resume(self, path: Path) -> None:
         """Load a checkpoint into the fresh nets after checking it is this run's."""
-        saved = load_checkpoint(path)
-        check_fingerprint(path, saved.get("fingerprint", {}), self.fingerprint)
-        self.nets.student.load_state_dict(saved["student"])
-        self.nets.teacher.load_state_dict(saved["teacher"])
-        self.nets.optimizer.load_state_dict(saved["optimizer"])
-        set_rng_state(saved["rng"])
-        state = TrainState(**saved["state"])
-        # Same global batch, maybe another split into processes x accumulation: keep the optimiser-step position.
-        state.batches_done = state.batches_done // saved["config"]["accum_steps"] * self.cfg.accum_steps
-        self.state = state
+        state = self.state = restore_checkpoint(path, self.nets, self.fingerprint, self.cfg.accum_steps)
         self.reporter.info(f"resumed from {path} at step {state.step} (epoch {state.epoch + 1}, "
                            f"batch {state.batches_done})")
 
@@ -169,16 +81,8 @@ class Trainer:
         """Every rank calls this (mid-epoch it sums the epoch's metrics across ranks); rank 0 writes."""
         self.state.epoch_sums = reduce_sum(self._sums).cpu() if mid_epoch else None
         self.state.epoch_hist = reduce_sum(self._hist).cpu() if mid_epoch else None
-        if not self.dist.is_main:
-            return
-        nets = self.nets
-        payload = {
-            "student": nets.student.state_dict(), "teacher": nets.teacher.state_dict(),
-            "optimizer": nets.optimizer.state_dict(), "state": self.state.__dict__, "rng": rng_state(),
-            "fingerprint": self.fingerprint, "config": self.cfg.model_dump(), "must_cli_version": __version__,
-        }
-        keep = max(self.cfg.keep_checkpoints, KEEP_WHILE_RUNNING)
-        save_checkpoint(RunDir(self.run_dir).checkpoints, self.state.step, payload, keep)
+        if self.dist.is_main:
+            write_checkpoint(self.run_dir, self.nets, self.state, self.fingerprint, self.cfg)
 
     # ---------------------------------------------------------------- the run
 
@@ -224,13 +128,8 @@ class Trainer:
             raise self._stopped()
 
     def _train(self, batches: Iterator[dict]) -> None:
-        """engine.train_epoch over ``batches``; compiled, the first optimiser step is guarded.
-
-        Compilation happens inside that step (the forward graphs at the first call, the backward
-        graph at the first backward), and so do compiled code's first runs. If any of it raises
-        before the optimiser steps, one line says so, the run's record notes it, and the step is rerun
-        eager on the same micro-batches from the same state.
-        """
+        """engine.train_epoch over ``batches``; compiled, the first optimiser step is guarded
+        (compile_guard.guard_first_step: a compile failure there reruns the step eager)."""
         def run(data: Iterable[dict]) -> None:
             nets = self.nets
             train_epoch(nets.train_student, nets.train_teacher, nets.optimizer, data, self.cfg, self.state,
@@ -238,36 +137,9 @@ class Trainer:
 
         if not self.nets.compiled or self._compile_proven:
             return run(batches)
-        first = list(itertools.islice(batches, self.plan.accum_steps))  # the first step's micro-batches
-        saved, rng = dataclasses.replace(self.state), rng_state()
-        stepped: list[bool] = []
-
-        def first_step(*_: Any) -> None:  # from here on an error is the step's own, not compilation's
-            stepped.append(True)
-            hook.remove()
-
-        hook = self.nets.optimizer.register_step_pre_hook(first_step)
-        try:
-            run(itertools.chain(first, batches))
-            self._compile_proven = True
-            return
-        except (MustError, torch.cuda.OutOfMemoryError):
-            raise
-        except Exception as e:  # noqa: BLE001 - whatever compiled code raised; the eager rerun re-raises real errors
-            if stepped:
-                raise
-            reason = error_line(e)
-        finally:
-            hook.remove()
-        if self.dist.world > 1:  # ranks would disagree on which modules run: stop all with the cure
-            raise MustError(f"torch.compile failed at the first step ({reason}): rerun with --no-compile")
-        self.reporter.warn(f"torch.compile failed at the first step ({reason}): continuing eager "
-                           "(--no-compile skips compiling)")
-        self.nets.fall_back_to_eager(reason)
-        self.state.__dict__.update(saved.__dict__)
-        set_rng_state(rng)
+        guard_first_step(run, batches, self.nets, self.state, self.plan.accum_steps, self.dist.world,
+                         self.reporter.warn)
         self._compile_proven = True
-        run(itertools.chain(first, batches))
 
     def _end_epoch(self, started: float, images_before: float) -> None:
         total, hist = reduce_sum(self._sums), reduce_sum(self._hist)
