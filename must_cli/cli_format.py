@@ -21,7 +21,8 @@ from typer.core import TyperCommand
 from must_cli.commands.doctor import Environment, fix_command, installed, stack_problem
 from must_cli.base.errors import MustError, RunStopped
 from must_cli.base.progress import Reporter, emit
-from must_cli.files.runs import MODEL_FILE, RunPlan
+from must_cli.files.run_dir import MODEL_FILE, RunDir
+from must_cli.files.runs import RunPlan
 
 err_console = Console(stderr=True)
 # the value of a bare --resume: continue the run in --output (or the newest run)
@@ -135,7 +136,7 @@ def show_next_steps(out: Reporter, result: Any) -> None:
     (labels, not a guess)."""
     from must_cli.commands.verify_stats import labels_for_margin
 
-    out.info(f"report: {result.run_dir / 'report.html'}")
+    out.info(f"report: {RunDir(result.run_dir).report_file}")
     if result.changed is None:
         return
     changed, predicted = result.changed

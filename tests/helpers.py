@@ -102,7 +102,7 @@ def with_changed_labels(run: Path, images: Path, tmp_path: Path) -> Path:
     6 now right, 3 were right, 3 right neither before nor after; for `must verify` and report tests."""
     import shutil
 
-    from must_cli.files.verify_data import BOTH_FILE
+    from must_cli.files.run_dir import BOTH_FILE
 
     run = Path(shutil.copytree(run, tmp_path / "run"))
     images = Path(shutil.copytree(images, tmp_path / "images"))

@@ -23,7 +23,7 @@ from must_cli.files.checkpoint import load_checkpoint, save_checkpoint
 from must_cli.method.model_file import load_model, MODEL_FORMAT, preprocess_of, read_metadata, save_model
 from must_cli.base.errors import MustError
 from must_cli.method.model import Preprocess
-from must_cli.files.runs import list_checkpoints
+from must_cli.files.run_dir import list_checkpoints
 
 from helpers import CLASSES, TINY_MODEL_CFG, tiny_model
 

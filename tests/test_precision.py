@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from must_cli.cli import app
-from must_cli.files.runs import METRICS_FILE, checkpoints_of, list_checkpoints
+from must_cli.files.run_dir import METRICS_FILE, RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 STANDIN, EXAMPLES = REPO / "benchmarks" / "models" / "cifar10-standin", REPO / "examples"
@@ -48,7 +48,7 @@ def test_bf16_adapt_finishes_with_fp32_weights_and_a_loss_curve_within_tolerance
         assert abs(b["loss"] - a["loss"]) <= LOSS_RTOL * abs(a["loss"]), (a["loss"], b["loss"])
         assert abs(b["kept"] - a["kept"]) <= KEPT_ATOL, (a["kept"], b["kept"])
     assert [r["loss"] for r in fp32] != [r["loss"] for r in bf16]  # autocast really changed the arithmetic
-    saved = torch.load(list_checkpoints(checkpoints_of(tmp_path / "bf16"))[-1], map_location="cpu", weights_only=False)
+    saved = torch.load(RunDir(tmp_path / "bf16").latest_checkpoint(), map_location="cpu", weights_only=False)
     assert saved["student"]["classifier"].dtype == torch.float32  # the head trains in fp32 under autocast
     assert {t.dtype for t in saved["student"].values() if t.is_floating_point()} == {torch.float32}
     moments = [s["exp_avg"] for s in saved["optimizer"]["state"].values()]

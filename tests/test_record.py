@@ -14,7 +14,7 @@ from must_cli.base.config import MustConfig, resolve_config
 from must_cli.base.errors import MustError
 from must_cli.files.record import (RESUME_MAY_CHANGE, AdaptOptions, RunInputs, absolute_model, check_inputs, inputs_from_flags,
                               read_record, record_text, recorded_run)
-from must_cli.files.runs import CONFIG_FILE
+from must_cli.files.run_dir import CONFIG_FILE
 
 if sys.version_info >= (3, 11):
     import tomllib

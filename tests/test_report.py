@@ -22,8 +22,9 @@ from typer.testing import CliRunner
 from must_cli.cli import app
 from must_cli.commands.evaluate import EvalRequest, run_eval
 from must_cli.commands.report import build_report
-from must_cli.commands.report_data import RECORD_FILE, read_run
-from must_cli.files.verify_data import BOTH_FILE, load_both
+from must_cli.commands.report_data import read_run
+from must_cli.files.run_dir import BOTH_FILE, RECORD_FILE, RunDir
+from must_cli.files.verify_data import load_both
 from must_cli.commands.verify_log import append_answer
 
 SECTIONS = ("Summary", "Training curves", "Pseudo-labels", "Zero-shot vs adapted", "Example images",
@@ -180,7 +181,7 @@ def test_sections_stay_compact_for_1000_classes(tmp_path):
 
     from must_cli.commands.report_html import render
     from must_cli.commands.report_sections import Changes, accuracy, flips, pseudo_labels
-    from must_cli.commands.report_data import Labeled, Preds, ReportData, RunFolder
+    from must_cli.commands.report_data import Labeled, Preds, ReportData, RunFacts
 
     n = 2000
     rng = np.random.default_rng(0)
@@ -191,7 +192,7 @@ def test_sections_stay_compact_for_1000_classes(tmp_path):
     def sections(k: int) -> tuple[str, float]:
         zs = rng.integers(0, k, n)
         ad = np.where(rng.uniform(size=n) < 0.3, rng.integers(0, k, n), zs)
-        run = RunFolder(tmp_path, [], {"threshold": 0.7}, [f"class {i}" for i in range(k)], [], {})
+        run = RunFacts(RunDir(tmp_path), [], {"threshold": 0.7}, [f"class {i}" for i in range(k)], [], {})
         d = ReportData(run, "test", tmp_path, [tmp_path / f"{i}.jpg" for i in range(n)], n, preds(zs), preds(ad))
         d.labeled = Labeled(tmp_path, zs, preds(zs), preds(ad))
         start = time.perf_counter()

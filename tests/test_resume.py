@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from must_cli.files.checkpoint import load_checkpoint
-from must_cli.files.runs import list_checkpoints
+from must_cli.files.run_dir import list_checkpoints
 from must_cli.cli import app
 
 from helpers import make_tiny_clip, one_line_error

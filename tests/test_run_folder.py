@@ -124,23 +124,23 @@ def test_a_lock_unlinked_while_waiting_for_it_is_taken_again(tmp_path, monkeypat
     Simulated: between our open and our flock, the holder finishes (unlinks and releases), so the flock
     succeeds on a file no longer in the folder. The lock taken must be the one on the file now in place.
     """
-    import must_cli.files.runs as runs
+    import must_cli.files.run_dir as run_dir
 
     out = tmp_path / "run"
     out.mkdir()
-    real_flock, calls = runs.fcntl.flock, []
+    real_flock, calls = run_dir.fcntl.flock, []
 
     def flock(fd, op):
-        if not calls and op & runs.fcntl.LOCK_EX:
+        if not calls and op & run_dir.fcntl.LOCK_EX:
             (out / ".lock").unlink()  # the holder's close, in the gap
         calls.append(op)
         return real_flock(fd, op)
 
-    monkeypatch.setattr(runs.fcntl, "flock", flock)
+    monkeypatch.setattr(run_dir.fcntl, "flock", flock)
     folder = RunFolder(RunPlan(out, None))
-    assert len([op for op in calls if op & runs.fcntl.LOCK_EX]) == 2  # the first lock was dropped and retaken
-    assert os.fstat(folder._lock).st_ino == os.stat(out / ".lock").st_ino
-    monkeypatch.setattr(runs.fcntl, "flock", real_flock)
+    assert len([op for op in calls if op & run_dir.fcntl.LOCK_EX]) == 2  # the first lock was dropped and retaken
+    assert os.fstat(folder._fd).st_ino == os.stat(out / ".lock").st_ino
+    monkeypatch.setattr(run_dir.fcntl, "flock", real_flock)
     with pytest.raises(Exception, match="in use by another"):
         RunFolder(RunPlan(out, None))
     folder.close()

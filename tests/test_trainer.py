@@ -24,7 +24,7 @@ from must_cli.base.config import MustConfig
 from must_cli.base.distributed import Dist
 from must_cli.base.errors import MustError
 from must_cli.base.progress import Reporter
-from must_cli.files.runs import METRICS_FILE, checkpoints_of, list_checkpoints
+from must_cli.files.run_dir import METRICS_FILE, RunDir
 from must_cli.training.batch_plan import BatchPlan
 from must_cli.training.trainer import Trainer
 from must_cli.training.builder import build_training
@@ -101,7 +101,7 @@ def test_an_epoch_on_tensors_steps_logs_and_checkpoints(tmp_path):
     assert all(r["loss"] > 0 and 0 <= r["kept"] <= 1 and r["images_per_second"] > 0 for r in metrics)
     lines = (tmp_path / METRICS_FILE).read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [STEPS, 2 * STEPS]
-    assert list_checkpoints(checkpoints_of(tmp_path))  # one per epoch end, the newest kept
+    assert RunDir(tmp_path).checkpoint_files()  # one per epoch end, the newest kept
     moved = weights(trainer)
     assert any(not torch.equal(start[k], moved[k]) for k in start)
     teacher = trainer.nets.teacher.state_dict()
@@ -223,7 +223,7 @@ def test_out_of_memory_stops_with_one_line_naming_the_batch_the_fix_and_the_chec
     trainer = make_trainer(tmp_path, save_every=1)
     with pytest.raises(MustError) as caught:
         trainer.run()
-    kept = list_checkpoints(checkpoints_of(tmp_path))
+    kept = RunDir(tmp_path).checkpoint_files()
     assert kept and str(caught.value) == (
         f"out of GPU memory at batch size {BATCH} per process (accum 1): use --batch-size 3 --accum-steps 2 "
         f"(global batch 6) or --grad-checkpointing; checkpoint kept: {kept[-1]}; continue from it with the same "

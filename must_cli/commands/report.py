@@ -17,13 +17,12 @@ from must_cli import __version__
 from must_cli.files.atomic import atomic_write_text
 from must_cli.method.model import MustModel
 from must_cli.base.runtime import pick_device
-from must_cli.commands.report_data import ReportData, compute, read_run, write_record
+from must_cli.files.run_dir import RunDir
+from must_cli.commands.report_data import ReportData, compute, read_run
 from must_cli.commands.report_html import Section, esc, page
 from must_cli.commands.report_sections import (
     Changes, accuracy, flips, gain, pseudo_labels, summary, thumbnails, training,
 )
-
-REPORT_FILE = "report.html"
 
 
 def build_report(run_dir: Path, images: Path | None = None, eval_dir: Path | None = None, device: str = "auto",
@@ -40,7 +39,7 @@ def build_report(run_dir: Path, images: Path | None = None, eval_dir: Path | Non
                                              "</code>.</p>")
     parts = sections(d)
     took = time.perf_counter() - start
-    out = run_dir / REPORT_FILE
+    out = run.dir.report_file
     atomic_write_text(out, page(run.root.name, f"<p>The adapted model is {esc(d.which_adapted)}.</p>{note}", parts,
                                 f"Made by must-cli {__version__} in {took:.1f} s."))
     return out
@@ -80,8 +79,8 @@ def reported_when_done(run_dir: Path, record: dict, enabled: bool, device: str, 
     finally:
         if enabled:
             try:
-                write_record(run_dir, record)
+                RunDir(run_dir).write_record(record)
                 build_report(run_dir, device=device, workers=workers, warn=warn, zero_shot=zero_shot)
             except Exception as e:  # noqa: BLE001 - see the docstring
-                warn(f"{run_dir / REPORT_FILE} not written ({' '.join(str(e).split())[:160]}): "
+                warn(f"{RunDir(run_dir).report_file} not written ({' '.join(str(e).split())[:160]}): "
                      f"rebuild it with `must report {run_dir}`")

@@ -10,7 +10,6 @@ predicted here once and saved, so `must report` also works for them (pass --imag
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,20 +18,17 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from must_cli.files.atomic import atomic_write_text
-from must_cli.files.checkpoint import load_checkpoint
+from must_cli.files.checkpoint import last_trained, load_checkpoint
 from must_cli.method.model_file import load_model, preprocess_of, read_metadata
-from must_cli.files.runs import MODEL_FILE
 from must_cli.base.config import MustConfig
 from must_cli.base.errors import MustError
 from must_cli.method.labeled import labeled_images
 from must_cli.method.guard import guard_sample, sample_labels
 from must_cli.files.images import discover_images
 from must_cli.method.model import MustModel, Preprocess, build_must_model
-from must_cli.files.runs import METRICS_FILE, list_checkpoints
-from must_cli.files.verify_data import (
-    ADAPTED_MODEL_FILE, BothPredictions, ModelLabels, load_both, relative_paths, save_both,
-)
+from must_cli.files.record import read_record
+from must_cli.files.run_dir import ADAPTED_MODEL_FILE, CHECKPOINTS, MODEL_FILE, RunDir
+from must_cli.files.verify_data import BothPredictions, ModelLabels, load_both, relative_paths, save_both
 from must_cli.commands.verify_log import read_answers
 from must_cli.commands.verify_stats import GainEstimate, estimate_gain
 
@@ -41,61 +37,65 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-RECORD_FILE = "run-record.json"
 EVAL_SAMPLE = 10000  # labeled images per model for per-class accuracy and the confusion matrix
 
 
 @dataclass
-class RunFolder:
-    """Everything the report reads from a run folder without running a model."""
+class RunFacts:
+    """Everything the report and verify read from a run folder without running a model."""
 
-    root: Path
+    dir: RunDir
     metrics: list[dict]
     config: dict[str, Any]
     classnames: list[str]
     templates: list[str]
-    record: dict[str, Any]
+    record: dict[str, Any]  # run-record.json over the inputs config.toml's [meta] names
     meta: dict[str, Any] = field(default_factory=dict)  # the model file's header ({} for a stopped run)
     checkpoint: Path | None = None
+
+    @property
+    def root(self) -> Path:
+        """The run folder, as pages and messages name it."""
+        return self.dir.path
 
     @property
     def finished(self) -> bool:
         return bool(self.meta)
 
 
-def write_record(run: Path, record: dict[str, Any]) -> None:
-    """Store the facts only the running process knows (see the module docstring)."""
-    atomic_write_text(run / RECORD_FILE, json.dumps(record, indent=2) + "\n")
+def recorded_inputs(run: RunDir) -> dict[str, str]:
+    """The folders and preset config.toml's [meta] names from the start, so report and verify find them unasked.
+
+    {} for a run without a readable one: its [meta] only documents, and --images/--eval-dir say the same.
+    """
+    if not run.config_file.is_file():
+        return {}
+    try:
+        inputs = read_record(run.path)
+    except MustError:
+        return {}
+    named = {"images": inputs.images, "eval_dir": inputs.eval_dir, "preset": inputs.preset}
+    return {key: str(value) for key, value in named.items() if value is not None}
 
 
-def read_run(root: Path) -> RunFolder:
+def read_run(root: Path) -> RunFacts:
     """Read a run folder; a folder that holds no run is a one-line error."""
-    ckpts = list_checkpoints(root / "checkpoints")
-    has_model, has_metrics = (root / MODEL_FILE).is_file(), (root / METRICS_FILE).is_file()
-    if not root.is_dir() or not (has_model or ckpts):
-        raise MustError(f"{root} is not a run folder (no {MODEL_FILE} and no checkpoints/): "
+    run = RunDir(root)
+    trained = None if run.finished else last_trained(run)  # a stopped run: its newest checkpoint says what it is
+    if not run.finished and trained is None:
+        raise MustError(f"{root} is not a run folder (no {MODEL_FILE} and no {CHECKPOINTS}/): "
                         "pass the folder that `must adapt --output` wrote")
-    record = json.loads((root / RECORD_FILE).read_text()) if (root / RECORD_FILE).is_file() else {}
-    if (root / "config.toml").is_file():  # its [meta] table names the run's inputs from the start
-        meta = tomllib.loads((root / "config.toml").read_text(encoding="utf-8")).get("meta", {})
-        record = {**{k: meta[k] for k in ("images", "eval_dir", "preset") if k in meta}, **record}
-    metrics = [json.loads(line) for line in (root / METRICS_FILE).read_text().splitlines() if line.strip()] \
-        if has_metrics else []
-    if has_model:
-        meta = read_metadata(root / MODEL_FILE)
-        config = MustConfig(**_toml_config(meta["config"])).model_dump()
-        return RunFolder(root, metrics, config, list(meta["classnames"]), list(meta["templates"]), record, meta,
-                         ckpts[-1] if ckpts else None)
-    ck = load_checkpoint(ckpts[-1])
-    return RunFolder(root, metrics or ck["state"]["metrics"], ck["config"], list(ck["fingerprint"]["classes"]),
-                     list(ck["fingerprint"]["templates"]), record, {}, ckpts[-1])
+    record, metrics = {**recorded_inputs(run), **run.record()}, run.metrics()
+    if trained is not None:
+        return RunFacts(run, metrics or trained.metrics, trained.config, trained.classnames, trained.templates,
+                        record, {}, trained.checkpoint)
+    meta = read_metadata(run.model_file)
+    config = MustConfig(**tomllib.loads(meta["config"])).model_dump()
+    return RunFacts(run, metrics, config, list(meta["classnames"]), list(meta["templates"]), record, meta,
+                    run.latest_checkpoint())
 
 
-def _toml_config(text: str) -> dict[str, Any]:
-    return tomllib.loads(text)
-
-
-def load_models(run: RunFolder, device: torch.device, zero_shot: MustModel | None = None,
+def load_models(run: RunFacts, device: torch.device, zero_shot: MustModel | None = None,
                 ) -> tuple[MustModel, MustModel, Preprocess, str]:
     """(zero-shot, adapted, preprocessing, which adapted model): the zero-shot one is rebuilt from the source CLIP
     unless the caller still holds it (`must adapt` does: rebuilding costs a text-tower pass over every prompt).
@@ -110,11 +110,11 @@ def load_models(run: RunFolder, device: torch.device, zero_shot: MustModel | Non
         return build_must_model(cfg["model"], cfg["pretrained"], run.classnames, run.templates, device)
 
     shipped_zero_shot = run.meta.get("chosen", "").startswith("zero-shot")
-    if (run.root / ADAPTED_MODEL_FILE).is_file() and shipped_zero_shot:
-        adapted, pre = load_model(run.root / ADAPTED_MODEL_FILE)[0], preprocess_of(run.meta)
+    if run.dir.adapted_model_file.is_file() and shipped_zero_shot:
+        adapted, pre = load_model(run.dir.adapted_model_file)[0], preprocess_of(run.meta)
         which = f"the EMA teacher kept in {ADAPTED_MODEL_FILE} (zero-shot is shipped: chosen after `must verify`)"
     elif run.finished and not (shipped_zero_shot and run.checkpoint):
-        adapted, pre = load_model(run.root / MODEL_FILE)[0], preprocess_of(run.meta)
+        adapted, pre = load_model(run.dir.model_file)[0], preprocess_of(run.meta)
         which = "the shipped model (zero-shot: kept by the guard)" if shipped_zero_shot else "the shipped EMA teacher"
     else:
         adapted, pre = build()
@@ -161,7 +161,7 @@ class Labeled:
 class ReportData:
     """Every number and image list the report draws."""
 
-    run: RunFolder
+    run: RunFacts
     which_adapted: str
     images: Path | None
     paths: list[Path]  # the adaptation images both models labeled (all of them, or an even sample)
@@ -172,7 +172,7 @@ class ReportData:
     labeled: Labeled | None = None
 
 
-def both_predictions(run: RunFolder, images: Path, models: Callable[[], tuple], warn: Callable[[str], None],
+def both_predictions(run: RunFacts, images: Path, models: Callable[[], tuple], warn: Callable[[str], None],
                      device: torch.device, workers: int) -> BothPredictions:
     """The run's saved labels of both models, or (older runs) predicted here on the guard's sample and saved."""
     both = load_both(run.root, images)
@@ -200,7 +200,7 @@ def verified_gain(run: Path, both: BothPredictions, warn: Callable[[str], None])
     return estimate_gain(tally, len(both.changed()), len(both.predicted()), both.found) if tally.labels else None
 
 
-def compute(run: RunFolder, images: Path | None, eval_dir: Path | None, device: torch.device,
+def compute(run: RunFacts, images: Path | None, eval_dir: Path | None, device: torch.device,
             workers: int, warn: Callable[[str], None], zero_shot: MustModel | None = None) -> ReportData:
     """Both models' labels on the adaptation images (saved by adapt, else predicted), and on the labeled folder.
 
@@ -232,7 +232,7 @@ def compute(run: RunFolder, images: Path | None, eval_dir: Path | None, device: 
     return data
 
 
-def _which(run: RunFolder) -> str:
+def _which(run: RunFacts) -> str:
     """Which weights "adapted" means when adapt saved their labels (see load_models), without loading them."""
     chosen = run.meta.get("chosen", "ema-teacher")
     return "the EMA teacher at the end of training" + ("" if chosen == "ema-teacher" else f" (shipped: {chosen})")

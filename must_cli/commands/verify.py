@@ -17,16 +17,14 @@ from typing import Any, Callable
 from must_cli.files.atomic import atomic_write, atomic_write_text
 from must_cli.base.errors import MustError
 from must_cli.commands.report_data import both_predictions, load_models, read_run
-from must_cli.files.runs import MODEL_FILE, FolderLock
+from must_cli.files.run_dir import MODEL_FILE, VERIFY_FILE, FolderLock, RunDir
 from must_cli.base.runtime import pick_device
 from must_cli.commands.verify_choice import choose_model
-from must_cli.files.verify_data import VERIFY_FILE, BothPredictions
+from must_cli.files.verify_data import BothPredictions
 from must_cli.commands.verify_log import read_answers, read_label_file
 from must_cli.commands.verify_server import VerifyServer
 from must_cli.commands.verify_session import Session, labeling_order, summary_lines
 from must_cli.commands.verify_stats import CONFIDENCE, GainEstimate, estimate_gain
-
-LIST_FILE = "to-label.csv"  # --list N writes it into the run folder, in the format --labels reads
 
 
 @dataclass
@@ -97,7 +95,7 @@ def write_list(run: Path, both: BothPredictions, answers: Any, count: int) -> Pa
     if count < 1:
         raise MustError("--list N: N must be 1 or more")
     todo = [i for i in labeling_order(both) if both.paths[i] not in answers.outcome][:count]
-    out = run / LIST_FILE
+    out = RunDir(run).list_file
 
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
@@ -131,7 +129,7 @@ def locked(run: Path) -> FolderLock:
     if not run.is_dir():
         raise MustError(f"{run} is not a run folder: pass the folder that `must adapt --output` wrote")
     try:
-        return FolderLock(run)
+        return RunDir(run).lock()
     except MustError as e:
         if "in use" not in str(e):
             raise
@@ -156,7 +154,7 @@ def run_verify(req: VerifyRequest, on_ready: Callable[[str], None] = lambda url:
                 notes.append(f"{given.unsampled} labeled image(s) are not among the {len(both.predicted())} "
                              "images both models labeled")
         else:
-            answers, source = read_answers(run.root, both), str(run.root / VERIFY_FILE)
+            answers, source = read_answers(run.root, both), str(run.dir.verify_file)
         listed = session = None
         if req.list_count is not None:
             listed = write_list(run.root, both, answers, req.list_count)

@@ -23,8 +23,7 @@ from must_cli.method.model_file import MODEL_FORMAT, read_metadata, save_model
 from must_cli.base.errors import MustError
 from must_cli.method.model import MustModel, build_must_model
 from must_cli.files.record import read_record
-from must_cli.files.runs import MODEL_FILE, checkpoints_of, list_checkpoints
-from must_cli.files.verify_data import ADAPTED_MODEL_FILE
+from must_cli.files.run_dir import RunDir
 from must_cli.commands.verify_stats import GainEstimate
 
 CHOICES = ("zero-shot", "adapted")
@@ -52,12 +51,12 @@ def _zero_shot(meta: dict[str, Any]) -> MustModel:
 
 def _adapted_from_checkpoint(run: Path, meta: dict[str, Any]) -> MustModel:
     """The EMA teacher of the newest checkpoint: the adapted model of a run whose guard shipped zero-shot."""
-    found = list_checkpoints(checkpoints_of(run))
-    if not found:
+    latest = RunDir(run).latest_checkpoint()
+    if latest is None:
         raise MustError(f"{run}: the guard shipped zero-shot and no checkpoint of the adapted model is left: "
                         "re-run `must adapt` (with --keep-checkpoints 1 or more)")
     model = _zero_shot(meta)
-    model.load_state_dict(load_checkpoint(found[-1])["teacher"])
+    model.load_state_dict(load_checkpoint(latest)["teacher"])
     return model
 
 
@@ -85,7 +84,7 @@ def choose_model(run: Path, which: str, est: GainEstimate, source: str) -> str:
     """Ship ``which`` from ``run``; returns what was done, in words. Never deletes a model it has not copied."""
     if which not in CHOICES:
         raise MustError(f"--choose {which}: pick zero-shot or adapted")
-    shipped, kept = run / MODEL_FILE, run / ADAPTED_MODEL_FILE
+    shipped, kept = RunDir(run).model_file, RunDir(run).adapted_model_file
     meta = read_metadata(shipped)
     ships_zero_shot = str(meta.get("chosen", "")).startswith("zero-shot")
     meta = {k: v for k, v in meta.items() if k not in ("format", "must_cli_version")}

@@ -20,7 +20,8 @@ from datetime import datetime
 from pathlib import Path
 
 from must_cli.base.errors import MustError
-from must_cli.files.verify_data import VERIFY_FILE, BothPredictions
+from must_cli.files.run_dir import RunDir
+from must_cli.files.verify_data import BothPredictions
 from must_cli.commands.verify_stats import Tally
 
 HEADER = ["image", "answer", "class", "time"]
@@ -45,7 +46,7 @@ class Answers:
 
 def read_answers(run: Path, both: BothPredictions) -> Answers:
     """verify.csv's answers that belong to this run's changed set; a damaged line is a one-line error naming it."""
-    path = run / VERIFY_FILE
+    path = RunDir(run).verify_file
     answers = Answers()
     if not path.is_file():
         return answers
@@ -74,7 +75,7 @@ def append_answer(run: Path, image: str, answer: str, name: str = "") -> None:
     """Append one answer line and fsync it before returning: the answer survives a kill or a power cut."""
     if answer not in (*OUTCOMES, UNDO):
         raise ValueError(answer)
-    path = run / VERIFY_FILE
+    path = RunDir(run).verify_file
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     new = not path.is_file() or path.stat().st_size == 0

@@ -18,7 +18,8 @@ from typing import Any
 from must_cli import __version__
 from must_cli.base.config import MustConfig, resolve_config, to_toml
 from must_cli.base.errors import MustError
-from must_cli.files.runs import CONFIG_FILE, resolve_output
+from must_cli.files.run_dir import CONFIG_FILE, RunDir
+from must_cli.files.runs import resolve_output
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -69,7 +70,7 @@ def record_text(folder: Path, cfg: MustConfig, inputs: RunInputs) -> str:
 
 def read_record(folder: Path) -> RunInputs:
     """The inputs a run recorded in its config.toml, for `must adapt --resume RUN`."""
-    path = folder / CONFIG_FILE
+    path = RunDir(folder).config_file
     try:
         meta = tomllib.loads(path.read_text(encoding="utf-8")).get("meta", {})
         as_path = lambda key: Path(meta[key]) if key in meta else None  # noqa: E731
@@ -182,7 +183,7 @@ def inputs_from_flags(opts: AdaptOptions, argv: list[str]) -> tuple[RunInputs, M
         fixed = {"images", "output", "resume", "gpus", "overwrite", *RESUME_MAY_CHANGE}
         others = {f.name: getattr(opts, f.name) for f in fields(opts) if f.name not in fixed}
         folder, inputs = recorded_run(opts.output, opts.resume_from, others)
-        cfg = resolve_config(config_file=folder / CONFIG_FILE, overrides=opts.overrides(RESUME_MAY_CHANGE))
+        cfg = resolve_config(config_file=RunDir(folder).config_file, overrides=opts.overrides(RESUME_MAY_CHANGE))
         check_inputs(inputs)
         return inputs, cfg, folder
     if opts.classes is None:

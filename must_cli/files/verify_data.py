@@ -16,10 +16,8 @@ from typing import Any, Sequence
 
 from must_cli.files.atomic import atomic_write_text
 from must_cli.base.errors import MustError
+from must_cli.files.run_dir import RunDir
 
-BOTH_FILE = "predictions-both.json"  # in the run folder
-VERIFY_FILE = "verify.csv"  # the answers of `must verify`, one line each
-ADAPTED_MODEL_FILE = "model-adapted.safetensors"  # the adapted model, kept here when zero-shot is chosen
 FORMAT = "must-cli/predictions-both/1"
 
 
@@ -81,13 +79,13 @@ def save_both(run: Path, images: Path, paths: Sequence[Path], zero_shot: ModelLa
                            zero_shot, adapted, found, adapted_model)
     doc = {"format": FORMAT, "images": os.fsdecode(images), "found": found, "adapted_model": adapted_model,
            "paths": both.paths, "zero_shot": zero_shot.__dict__, "adapted": adapted.__dict__}
-    atomic_write_text(run / BOTH_FILE, json.dumps(doc, separators=(",", ":")) + "\n")
+    atomic_write_text(RunDir(run).both_file, json.dumps(doc, separators=(",", ":")) + "\n")
     return both
 
 
 def load_both(run: Path, images: Path | None = None) -> BothPredictions | None:
     """RUN/predictions-both.json, or None for a run without one; ``images`` overrides a moved folder."""
-    path = run / BOTH_FILE
+    path = RunDir(run).both_file
     if not path.is_file():
         return None
     try:

@@ -20,7 +20,7 @@ from must_cli.files.atomic import atomic_write
 from must_cli.base.errors import MustError
 from must_cli.method.clip_loading import build_visual
 from must_cli.method.model import MustModel, Preprocess
-from must_cli.files.runs import existing_model_file
+from must_cli.files.run_dir import existing_model_file
 
 MODEL_FORMAT = "must-cli/1"
 

@@ -18,7 +18,7 @@ from must_cli.method.model_file import read_metadata, WARM_START_PREFIXES
 from must_cli.base.errors import MustError
 from must_cli.files.images import display_name
 from must_cli.method.model import MustModel, Preprocess, build_must_model
-from must_cli.files.runs import existing_model_file
+from must_cli.files.run_dir import existing_model_file
 
 
 @dataclass
