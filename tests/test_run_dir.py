@@ -21,7 +21,7 @@ from must_cli.files.run_dir import RunDir, existing_model_file, prune_checkpoint
 
 PACKAGE = Path(__file__).resolve().parents[1] / "must_cli"
 NAMES = {name: value for name, value in vars(run_dir).items()
-         if name.isupper() and isinstance(value, str) and (name.endswith("_FILE") or name == "CHECKPOINTS")}
+         if name.isupper() and isinstance(value, str) and (name.endswith(("_FILE", "_DIR")) or name == "CHECKPOINTS")}
 
 
 def one_line(error: pytest.ExceptionInfo, starts: str) -> str:
@@ -35,6 +35,7 @@ def test_every_file_of_a_run_is_named_in_run_dir_alone():
     names = set(NAMES.values())
     assert {"model.safetensors", "config.toml", "metrics.jsonl", "run-record.json", "predictions-both.json",
             "verify.csv", "checkpoints", ".lock"} <= names
+    names -= set(MustConfig.model_fields)  # "cache" is also a setting's name, spelled where settings are
     spelled = []
     for path in sorted(PACKAGE.rglob("*.py")):
         if path.name == "run_dir.py":
@@ -49,7 +50,7 @@ def test_paths_are_the_folder_and_one_name_each(tmp_path):
     run = RunDir(tmp_path / "run")
     paths = {run.model_file, run.adapted_model_file, run.config_file, run.metrics_file, run.record_file,
              run.both_file, run.verify_file, run.list_file, run.report_file, run.predictions_file, run.checkpoints,
-             run.lock_file}
+             run.cache, run.lock_file}
     assert {p.parent for p in paths} == {tmp_path / "run"}
     assert {p.name for p in paths} == set(NAMES.values())  # every name has its property, none shared
     assert run.model_file == tmp_path / "run" / "model.safetensors"

@@ -161,7 +161,7 @@ def train_cache(cfg: MustConfig, out: Path, preprocess: Preprocess) -> ResizedCa
     """The resized copy of large photos (--cache), in --cache-dir or the run folder."""
     if not cfg.cache:
         return None
-    return ResizedCache(Path(cfg.cache_dir) if cfg.cache_dir else out / "cache", preprocess.image_size)
+    return ResizedCache(Path(cfg.cache_dir) if cfg.cache_dir else RunDir(out).cache, preprocess.image_size)
 
 
 def pool_labels(setup: Setup, run: Launch, model: MustModel) -> ModelLabels:

@@ -31,6 +31,7 @@ LIST_FILE = "to-label.csv"  # `must verify --list N`'s images to label, in the f
 REPORT_FILE = "report.html"  # `must report`'s page
 PREDICTIONS_FILE = "predictions.csv"  # `must adapt --predict`'s labels of the run's images
 CHECKPOINTS = "checkpoints"  # resumable checkpoints, inside the run folder
+CACHE_DIR = "cache"  # --cache's resized copies of large photos, unless --cache-dir names another folder
 LOCK_FILE = ".lock"  # flock-ed while a command changes the run; the kernel releases it if the process dies
 
 
@@ -107,6 +108,10 @@ class RunDir:
     @property
     def checkpoints(self) -> Path:
         return self.path / CHECKPOINTS
+
+    @property
+    def cache(self) -> Path:
+        return self.path / CACHE_DIR
 
     @property
     def lock_file(self) -> Path:
