@@ -2,11 +2,13 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 from typer.testing import CliRunner
@@ -112,3 +114,21 @@ def test_offline_download_is_a_one_line_error(tmp_path, classes_file, unlabeled_
 def test_non_vit_tower_is_rejected(tmp_path, classes_file, unlabeled_images):
     one_line_error(adapt(unlabeled_images, "--classes", classes_file, "--model", "RN50", "--pretrained", ""),
                    "ViT image towers only")
+
+
+def test_adapt_predict_skips_what_training_skipped_with_a_warning(tmp_path, tiny_spec, classes_file,
+                                                                  unlabeled_images):
+    """--predict scans the folder again, under the run's --max-pixels: an unreadable or too-large file is the same
+    warning there, not a crash after training nor a label for an image the run never adapted to."""
+    images = tmp_path / "images"
+    shutil.copytree(unlabeled_images, images)
+    (images / "broken.jpg").write_bytes(b"not an image")
+    Image.new("RGB", (64, 64), "red").save(images / "large.jpg")  # 4,096 pixels; the others have 1,600
+    out = tmp_path / "run"
+    r = adapt(images, "--classes", classes_file, "--model", tiny_spec, "--epochs", 1, "--batch-size", 8,
+              "--workers", 0, "--output", out, "--predict", "--no-guard", "--device", "cpu", "--max-pixels", 2000)
+    assert r.exit_code == 0, r.output
+    rows = (out / "predictions.csv").read_text().splitlines()
+    assert len(rows) == 1 + 24 and not any(row.startswith(("broken.jpg", "large.jpg")) for row in rows)
+    said = " ".join(r.output.split())
+    assert said.count("broken.jpg") == 2 and said.count("large.jpg") == 2  # once for training, once for --predict

@@ -108,9 +108,12 @@ def starting_model(init_from: Path | None, cfg: MustConfig, classnames: list[str
 
 
 def predict_pool(images: Path, out: Path, cfg: MustConfig, reporter: Reporter) -> Path:
-    """--predict: label the adapted images with the shipped model through `must predict`'s own code."""
+    """--predict: label the adapted images with the shipped model through `must predict`'s own code.
+
+    The folder is scanned again under the run's --max-pixels, so the rows are the images the run adapted to.
+    """
     from must_cli.commands.predict import PredictRequest, run_predict  # predict's UI pieces are not needed to train
 
     result = run_predict(PredictRequest(images, model=str(out), output=out / PREDICTIONS_FILE, device=cfg.device,
-                                        workers=cfg.workers), reporter)
+                                        workers=cfg.workers, max_pixels=cfg.max_pixels), reporter.warn)
     return result.output
