@@ -130,7 +130,7 @@ def measure(run: Run, sample: int) -> dict:
 
     from benchmarks.agreement_estimate import estimate_accuracy, estimate_gain, predict_views
     from must_cli.method.labeled import labeled_images
-    from must_cli.commands.report_data import evenly, load_models, read_run
+    from must_cli.commands.report.data import evenly, load_models, read_run
 
     folder = read_run(run.folder)
     zero_shot, adapted, pre, _ = load_models(folder, torch.device("cpu"))

@@ -46,8 +46,8 @@ from benchmarks.common import (
 )
 from benchmarks.corruptions import corrupt_folder
 from must_cli.files.verify_data import load_both
-from must_cli.commands.verify_log import outcome_of
-from must_cli.commands.verify_stats import Tally, estimate_gain
+from must_cli.commands.verify.log import outcome_of
+from must_cli.commands.verify.stats import Tally, estimate_gain
 
 CHECKPOINTS = (10, 20, 40, 80)  # labels after which coverage is counted
 WIDTHS = (20, 40, 80)  # labels after which the median half-width is reported

@@ -69,7 +69,7 @@ def adapt(ctx: typer.Context, opts: AdaptOptions) -> None:
         from must_cli.launch import launch_local
 
         raise typer.Exit(launch_local(opts.gpus, cfg.device, argv, session.debug))
-    from must_cli.commands.adapt import AdaptRequest, run_adapt
+    from must_cli.commands.adapt.command import AdaptRequest, run_adapt
 
     request = AdaptRequest(inputs, output, resume=opts.resuming, resume_from=opts.resume_from,
                            overwrite=opts.overwrite, tensorboard=opts.tensorboard,
@@ -183,7 +183,7 @@ def report(
 ) -> None:
     """Rebuild RUN/report.html: curves, label changes, example images, the share of changed labels
     and the verified gain."""
-    from must_cli.commands.report import build_report
+    from must_cli.commands.report.build import build_report
 
     warn = lambda m: err_console.print(f"[yellow]warning:[/] {escape(m)}")  # noqa: E731
     path = build_report(run, images, eval_dir, device, warn=warn)
@@ -206,7 +206,7 @@ def verify(
     """Verify whether adaptation helped: label a few images whose label changed, in a local page;
     get the gain and its 90% interval."""
     from must_cli.cli_format import show_verify_summary
-    from must_cli.commands.verify import VerifyRequest, run_verify
+    from must_cli.commands.verify.command import VerifyRequest, run_verify
 
     req = VerifyRequest(run, images, labels, list_count, json_out, choose, not no_browser, port,
                         device)

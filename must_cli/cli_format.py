@@ -134,7 +134,7 @@ def show_adapt_summary(result: Any, with_eval: bool) -> None:
 def show_next_steps(out: Reporter, result: Any) -> None:
     """adapt's last lines: where the report is, and how to know whether adaptation helped
     (labels, not a guess)."""
-    from must_cli.commands.verify_stats import labels_for_margin
+    from must_cli.commands.verify.stats import labels_for_margin
 
     out.info(f"report: {RunDir(result.run_dir).report_file}")
     if result.changed is None:

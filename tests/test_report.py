@@ -21,11 +21,11 @@ from typer.testing import CliRunner
 
 from must_cli.cli import app
 from must_cli.commands.evaluate import EvalRequest, run_eval
-from must_cli.commands.report import build_report
-from must_cli.commands.report_data import read_run
+from must_cli.commands.report.build import build_report
+from must_cli.commands.report.data import read_run
 from must_cli.files.run_dir import BOTH_FILE, RECORD_FILE, RunDir
 from must_cli.files.verify_data import load_both
-from must_cli.commands.verify_log import append_answer
+from must_cli.commands.verify.log import append_answer
 
 SECTIONS = ("Summary", "Training curves", "Pseudo-labels", "Zero-shot vs adapted", "Example images",
             "Accuracy on the labeled folder", "Did adaptation help?")
@@ -179,9 +179,9 @@ def test_sections_stay_compact_for_1000_classes(tmp_path):
 
     import numpy as np
 
-    from must_cli.commands.report_html import render
-    from must_cli.commands.report_sections import Changes, accuracy, flips, pseudo_labels
-    from must_cli.commands.report_data import Labeled, Preds, ReportData, RunFacts
+    from must_cli.commands.report.html import render
+    from must_cli.commands.report.sections import Changes, accuracy, flips, pseudo_labels
+    from must_cli.commands.report.data import Labeled, Preds, ReportData, RunFacts
 
     n = 2000
     rng = np.random.default_rng(0)

@@ -12,7 +12,7 @@ import torch
 
 from must_cli.base.config import MustConfig
 from must_cli.base.errors import MustError
-from must_cli.commands.report_data import read_run
+from must_cli.commands.report.data import read_run
 from must_cli.files.checkpoint import last_trained
 from must_cli.files import run_dir
 from must_cli.files.fingerprint import run_fingerprint

@@ -20,10 +20,10 @@ from typer.testing import CliRunner
 from must_cli.cli import app
 from must_cli.base.errors import MustError
 from must_cli.files.run_dir import ADAPTED_MODEL_FILE, BOTH_FILE, VERIFY_FILE, FolderLock
-from must_cli.commands.verify import VerifyRequest, run_verify
+from must_cli.commands.verify.command import VerifyRequest, run_verify
 from must_cli.files.verify_data import load_both
-from must_cli.commands.verify_server import VerifyServer
-from must_cli.commands.verify_session import Session
+from must_cli.commands.verify.server import VerifyServer
+from must_cli.commands.verify.session import Session
 
 from helpers import CHANGED, CLASSES, one_line_error, truth_of, with_changed_labels
 

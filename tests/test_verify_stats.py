@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from must_cli.commands.verify_stats import (
+from must_cli.commands.verify.stats import (
     MIN_VERDICT_LABELS, VERDICT_Z, Z, Tally, estimate_gain, fpc, labels_for_margin, paired_difference, wilson,
 )
 

@@ -20,7 +20,7 @@ from must_cli.method.labeled import labeled_images
 from must_cli.files.images import scan_images
 from must_cli.method.model import MustModel, Preprocess, build_must_model
 from must_cli.base.progress import Reporter, SilentReporter
-from must_cli.commands.adapt_train import AdaptResult, Setup, train_and_ship
+from must_cli.commands.adapt.train import AdaptResult, Setup, train_and_ship
 from must_cli.files.record import RunInputs, absolute_model, record_text
 from must_cli.files.run_dir import CONFIG_FILE, PREDICTIONS_FILE
 from must_cli.files.runs import RunFolder, plan_run

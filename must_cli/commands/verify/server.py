@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from must_cli.files.images import ImageReadError, load_rgb
-from must_cli.commands.verify_session import Session
+from must_cli.commands.verify.session import Session
 
 HOST = "127.0.0.1"
 SHOWN_SIDE = 448  # small images are scaled up to this (longer side), large ones down: a glance is enough

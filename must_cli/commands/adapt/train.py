@@ -25,7 +25,7 @@ from must_cli.method.clip_loading import vision_config
 from must_cli.method.model import MustModel, Preprocess
 from must_cli.method.priors import as_metadata, resolve_prior, zero_shot_probs
 from must_cli.base.progress import Reporter
-from must_cli.commands.report import reported_when_done
+from must_cli.commands.report.build import reported_when_done
 from must_cli.files.fingerprint import run_fingerprint
 from must_cli.files.run_dir import MODEL_FILE, RunDir, prune_checkpoints
 from must_cli.files.runs import point_latest

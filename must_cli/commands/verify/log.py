@@ -22,7 +22,7 @@ from pathlib import Path
 from must_cli.base.errors import MustError
 from must_cli.files.run_dir import RunDir
 from must_cli.files.verify_data import BothPredictions
-from must_cli.commands.verify_stats import Tally
+from must_cli.commands.verify.stats import Tally
 
 HEADER = ["image", "answer", "class", "time"]
 OUTCOMES = ("adapted", "zero-shot", "neither", "skip")

@@ -24,7 +24,7 @@ from must_cli.base.errors import MustError
 from must_cli.method.model import MustModel, build_must_model
 from must_cli.files.record import read_record
 from must_cli.files.run_dir import RunDir
-from must_cli.commands.verify_stats import GainEstimate
+from must_cli.commands.verify.stats import GainEstimate
 
 CHOICES = ("zero-shot", "adapted")
 VERIFIED = "must verify"  # how the metadata's "chosen" names a choice made here

@@ -29,8 +29,8 @@ from must_cli.method.model import MustModel, Preprocess, build_must_model
 from must_cli.files.record import read_record
 from must_cli.files.run_dir import ADAPTED_MODEL_FILE, CHECKPOINTS, MODEL_FILE, RunDir
 from must_cli.files.verify_data import BothPredictions, ModelLabels, load_both, relative_paths, save_both
-from must_cli.commands.verify_log import read_answers
-from must_cli.commands.verify_stats import GainEstimate, estimate_gain
+from must_cli.commands.verify.log import read_answers
+from must_cli.commands.verify.stats import GainEstimate, estimate_gain
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -18,9 +18,9 @@ from must_cli.files.atomic import atomic_write_text
 from must_cli.method.model import MustModel
 from must_cli.base.runtime import pick_device
 from must_cli.files.run_dir import RunDir
-from must_cli.commands.report_data import ReportData, compute, read_run
-from must_cli.commands.report_html import Section, esc, page
-from must_cli.commands.report_sections import (
+from must_cli.commands.report.data import ReportData, compute, read_run
+from must_cli.commands.report.html import Section, esc, page
+from must_cli.commands.report.sections import (
     Changes, accuracy, flips, gain, pseudo_labels, summary, thumbnails, training,
 )
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from must_cli.files.verify_data import BothPredictions
-from must_cli.commands.verify_log import UNDO, Answers, append_answer, read_answers
-from must_cli.commands.verify_stats import MIN_VERDICT_LABELS, GainEstimate, estimate_gain, labels_for_margin
+from must_cli.commands.verify.log import UNDO, Answers, append_answer, read_answers
+from must_cli.commands.verify.stats import MIN_VERDICT_LABELS, GainEstimate, estimate_gain, labels_for_margin
 
 CHOICES = ("left", "right", "neither", "skip")
 

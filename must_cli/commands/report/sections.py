@@ -15,11 +15,11 @@ import torch
 from must_cli.base.config import MustConfig, load_preset
 from must_cli.files.images import display_name
 from must_cli.method.labeled import accuracy_report, confusion_matrix
-from must_cli.commands.report_data import ReportData
-from must_cli.commands.report_html import Section, esc, figures, img, pct, section, table
-from must_cli.commands.verify_session import verdict_line
-from must_cli.commands.verify_stats import labels_for_margin
-from must_cli.commands import report_plots as plots
+from must_cli.commands.report.data import ReportData
+from must_cli.commands.report.html import Section, esc, figures, img, pct, section, table
+from must_cli.commands.verify.session import verdict_line
+from must_cli.commands.verify.stats import labels_for_margin
+from must_cli.commands.report import plots
 
 THUMB_CLASSES = 20  # classes that get a row of thumbnails
 THUMBS_PER_CLASS = 6

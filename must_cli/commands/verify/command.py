@@ -16,15 +16,15 @@ from typing import Any, Callable
 
 from must_cli.files.atomic import atomic_write, atomic_write_text
 from must_cli.base.errors import MustError
-from must_cli.commands.report_data import both_predictions, load_models, read_run
+from must_cli.commands.report.data import both_predictions, load_models, read_run
 from must_cli.files.run_dir import MODEL_FILE, VERIFY_FILE, FolderLock, RunDir
 from must_cli.base.runtime import pick_device
-from must_cli.commands.verify_choice import choose_model
+from must_cli.commands.verify.choice import choose_model
 from must_cli.files.verify_data import BothPredictions
-from must_cli.commands.verify_log import read_answers, read_label_file
-from must_cli.commands.verify_server import VerifyServer
-from must_cli.commands.verify_session import Session, labeling_order, summary_lines
-from must_cli.commands.verify_stats import CONFIDENCE, GainEstimate, estimate_gain
+from must_cli.commands.verify.log import read_answers, read_label_file
+from must_cli.commands.verify.server import VerifyServer
+from must_cli.commands.verify.session import Session, labeling_order, summary_lines
+from must_cli.commands.verify.stats import CONFIDENCE, GainEstimate, estimate_gain
 
 
 @dataclass
