@@ -1,7 +1,7 @@
 """`must adapt`: from a folder of unlabeled images and class names to a shipped, adapted classifier.
 
 Reads the inputs, decides the device, processes and starting model, opens the run folder, then hands over
-to adapt_train.py (loader, Trainer, guard, model.safetensors). The run folder lives in runs.py, the loop
+to train.py (loader, Trainer, guard, model.safetensors). The run folder lives in runs.py, the loop
 in trainer.py, the method in engine.py.
 """
 

@@ -2,8 +2,8 @@
 about whether it helped: the share of changed labels (exact) and, once `must verify` has labels, the gain.
 
 Everything is inline (CSS, PNG plots, JPEG thumbnails as data URIs), so the file opens offline
-in any browser and prints. Numbers come from report_data.py, the sections from report_sections.py,
-the HTML pieces from report_html.py, figures from report_plots.py.
+in any browser and prints. Numbers come from data.py, the sections from sections.py,
+the HTML pieces from html.py, figures from plots.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The HTML building blocks of report.html: style, escaping, numbered sections, tables and inline images.
 
 Everything is inline (CSS, PNG plots, JPEG thumbnails as data URIs), so the page opens offline in any
-browser and prints. What the sections say lives in report_sections.py.
+browser and prints. What the sections say lives in sections.py.
 """
 
 from __future__ import annotations

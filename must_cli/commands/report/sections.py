@@ -1,6 +1,6 @@
-"""What each section of report.html says, drawn from report_data.ReportData: one function per section.
+"""What each section of report.html says, drawn from data.ReportData: one function per section.
 
-Numbers come from report_data.py, figures from report_plots.py, the HTML pieces from report_html.py.
+Numbers come from data.py, figures from plots.py, the HTML pieces from html.py.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """`must verify RUN`: the gain of adaptation from a few labels on the images whose label changed.
 
-Interactive: a local page (verify_server.py) asks about one changed image at a time. Or from
+Interactive: a local page (server.py) asks about one changed image at a time. Or from
 labels the user has (`--labels FILE`), or a list of images to label elsewhere (`--list N`).
-`--choose` ships the better classifier (verify_choice.py). The statistics: verify_stats.py.
+`--choose` ships the better classifier (choice.py). The statistics: stats.py.
 """
 
 from __future__ import annotations

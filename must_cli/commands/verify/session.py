@@ -154,7 +154,7 @@ def summary_lines(est: GainEstimate) -> list[str]:
 
 
 def verdict_line(est: GainEstimate) -> str:
-    """The verdict in plain words, and why there is none yet (verify_stats.VERDICT_Z says why it waits)."""
+    """The verdict in plain words, and why there is none yet (stats.VERDICT_Z says why it waits)."""
     if est.verdict == "helped":
         return "adaptation HELPED: the whole interval is above 0 (and stays so at 99%)"
     if est.verdict == "hurt":
