@@ -30,7 +30,7 @@ from torchvision import transforms as T
 from must_cli.files.images import ImageReadError, load_rgb
 from must_cli.method.model import MustModel, Preprocess
 from must_cli.method.transforms import eval_view, interpolation, to_tensor
-from must_cli.method.views import _seeded, sample_seed
+from must_cli.method.views import sample_seed, seeded
 
 AUGMENTED_VIEWS = 2  # random views per image: one pair, the least that measures disagreement
 BOOTSTRAP_DRAWS = 1000
@@ -67,7 +67,7 @@ class ViewImages(Dataset):
             return blank, blank.expand(self.views, -1, -1, -1).clone(), index, False
         if not self.views:  # labels only
             return self.plain(image), torch.empty(0, 3, self.size, self.size), index, True
-        with _seeded(sample_seed(self.seed, index)):
+        with seeded(sample_seed(self.seed, index)):
             views = torch.stack([self.augment(image) for _ in range(self.views)])
         return self.plain(image), views, index, True
 

@@ -98,7 +98,7 @@ def sample_seed(*parts: int) -> int:
 
 
 @contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
+def seeded(seed: int) -> Iterator[None]:
     """Seed the Python, NumPy and torch RNGs (torchvision and timm draw from all three), restore them after."""
     py_state, np_state = random.getstate(), np.random.get_state()
     random.seed(seed)
@@ -170,7 +170,7 @@ class TrainViews(Dataset):
         else:  # pragma: no cover - scan_images guarantees at least one readable file
             raise RuntimeError("no readable image left")
         seed = sample_seed(self.seed, epoch, index)
-        with _seeded(seed):
+        with seeded(seed):
             weak, strong = self.weak(image), self.strong(image)
         out = {"weak": weak, "strong": strong, "bad": torch.tensor(bad)}
         if self.masks is not None:
