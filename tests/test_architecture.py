@@ -160,3 +160,13 @@ def test_no_module_reads_its_own_locals():
              if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("locals", "vars")
              and (node.func.id == "locals" or not node.args)]
     assert calls == []
+
+
+def test_no_module_imports_another_modules_private_names():
+    """A leading underscore means "this module's own": benchmarks and package modules use public names only."""
+    sources = list(modules().values()) + sorted((PACKAGE.parent / "benchmarks").glob("*.py"))
+    private = [f"{path.name}:{node.lineno} {alias.name}" for path in sources
+               for node in ast.walk(ast.parse(path.read_text()))
+               if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("must_cli")
+               for alias in node.names if alias.name.startswith("_") and alias.name != "__version__"]
+    assert private == []
