@@ -170,3 +170,12 @@ def test_no_module_imports_another_modules_private_names():
                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("must_cli")
                for alias in node.names if alias.name.startswith("_") and alias.name != "__version__"]
     assert private == []
+
+
+def test_every_subpackage_is_shipped():
+    """pyproject.toml lists packages by hand: a new floor or command package left out would be missing from a wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(PACKAGE.parent).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert listed == found
