@@ -43,6 +43,14 @@ class BothPredictions:
     found: int
     adapted_model: str = "ema-teacher"  # which weights "adapted" means
 
+    @classmethod
+    def of(cls, images: Path, paths: Sequence[Path], zero_shot: ModelLabels, adapted: ModelLabels, found: int,
+           adapted_model: str = "ema-teacher") -> BothPredictions:
+        """Both models' labels on ``paths``, kept relative to ``images`` (absolute, symlinks kept) where possible."""
+        images = Path(os.path.abspath(images))  # a linked file stays inside the folder
+        return cls(images, relative_paths(images, [Path(os.path.abspath(p)) for p in paths]), zero_shot, adapted,
+                   found, adapted_model)
+
     def path(self, index: int) -> Path:
         return self.images / self.paths[index]
 
@@ -71,14 +79,11 @@ def relative_paths(images: Path, paths: Sequence[Path]) -> list[str]:
     return out
 
 
-def save_both(run: Path, images: Path, paths: Sequence[Path], zero_shot: ModelLabels, adapted: ModelLabels,
-              found: int, adapted_model: str = "ema-teacher") -> BothPredictions:
-    """Write RUN/predictions-both.json atomically; returns what load_both would read back."""
-    images = Path(os.path.abspath(images))  # absolute, symlinks kept: a linked file stays inside the folder
-    both = BothPredictions(images, relative_paths(images, [Path(os.path.abspath(p)) for p in paths]),
-                           zero_shot, adapted, found, adapted_model)
-    doc = {"format": FORMAT, "images": os.fsdecode(images), "found": found, "adapted_model": adapted_model,
-           "paths": both.paths, "zero_shot": zero_shot.__dict__, "adapted": adapted.__dict__}
+def save_both(run: Path, both: BothPredictions) -> BothPredictions:
+    """Write RUN/predictions-both.json atomically; returns ``both``, what load_both reads back."""
+    doc = {"format": FORMAT, "images": os.fsdecode(both.images), "found": both.found,
+           "adapted_model": both.adapted_model, "paths": both.paths, "zero_shot": both.zero_shot.__dict__,
+           "adapted": both.adapted.__dict__}
     atomic_write_text(RunDir(run).both_file, json.dumps(doc, separators=(",", ":")) + "\n")
     return both
 

@@ -34,7 +34,7 @@ from must_cli.training.tensorboard_log import TensorBoardLog, TensorBoardReporte
 from must_cli.training.batch_plan import BatchPlan
 from must_cli.training.trainer import Trainer
 from must_cli.training.builder import Training, build_training
-from must_cli.files.verify_data import ModelLabels, save_both
+from must_cli.files.verify_data import BothPredictions, ModelLabels, save_both
 from must_cli.method.views import EpochSampler, TrainViews
 
 
@@ -176,7 +176,8 @@ def guard_and_ship(setup: Setup, out: Path, run: Launch, zero_shot_labels: Model
     (labels changed, images both models labeled)."""
     cfg, teacher = setup.cfg, run.trainer.nets.teacher
     adapted_labels = pool_labels(setup, run, teacher)
-    both = save_both(out, setup.images, run.pool, zero_shot_labels, adapted_labels, len(setup.paths))
+    both = save_both(out, BothPredictions.of(setup.images, run.pool, zero_shot_labels, adapted_labels,
+                                              len(setup.paths)))
     note = guard(adapted_labels, zero_shot_labels, len(setup.classnames), cfg.guard_min_balance,
                  run.prior) if cfg.guard else None
     if note:

@@ -28,7 +28,7 @@ from must_cli.files.images import discover_images
 from must_cli.method.model import MustModel, Preprocess, build_must_model
 from must_cli.files.record import read_record
 from must_cli.files.run_dir import ADAPTED_MODEL_FILE, CHECKPOINTS, MODEL_FILE, RunDir
-from must_cli.files.verify_data import BothPredictions, ModelLabels, load_both, relative_paths, save_both
+from must_cli.files.verify_data import BothPredictions, ModelLabels, load_both, save_both
 from must_cli.commands.verify.log import read_answers
 from must_cli.commands.verify.stats import GainEstimate, estimate_gain
 
@@ -181,11 +181,10 @@ def both_predictions(run: RunFacts, images: Path, models: Callable[[], tuple], w
     zero_shot, adapted, pre, which = models()
     found = discover_images(images, warn)
     pool = guard_sample(found)
-    both = BothPredictions(images, relative_paths(images, pool),
-                           sample_labels(zero_shot, pool, pre, device, workers),
-                           sample_labels(adapted, pool, pre, device, workers), len(found))
+    both = BothPredictions.of(images, pool, sample_labels(zero_shot, pool, pre, device, workers),
+                              sample_labels(adapted, pool, pre, device, workers), len(found))
     if run.finished and "checkpoint" not in which:  # the shipped or kept adapted model: what verify checks too
-        save_both(run.root, images, pool, both.zero_shot, both.adapted, len(found))
+        save_both(run.root, both)
     return both
 
 
