@@ -316,9 +316,10 @@ def main() -> None:
         if args.plot:
             plot_pool(results, args.plot)
         return
-    print(table(results))
+    grid = [r for r in results if r.get("pool", SIZE) == SIZE]  # the grid's cells; other pool sizes are item 4's
+    print(table(grid))
     print()
-    print(brake(results))
+    print(brake(grid))
 
 
 if __name__ == "__main__":
