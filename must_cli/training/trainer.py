@@ -29,7 +29,7 @@ from must_cli.files.images import display_name
 from must_cli.method.model import MustModel
 from must_cli.method.schedule import scaled_lr
 from must_cli.base.progress import Reporter
-from must_cli.files.run_dir import METRICS_FILE, RunDir
+from must_cli.files.run_dir import RunDir
 from must_cli.base.runtime import Autocast, memory_advice
 from must_cli.base.stop import StopRequest
 from must_cli.method.views import EpochSampler
@@ -156,7 +156,7 @@ class Trainer:
         self.state.batches_done = 0
         if self.dist.is_main:
             self.reporter.epoch_done(record)
-            atomic_write_text(self.run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in self.state.metrics))
+            atomic_write_text(RunDir(self.run_dir).metrics_file, "".join(json.dumps(r) + "\n" for r in self.state.metrics))
         self.checkpoint()
 
     def _on_step(self, state: TrainState, metrics: torch.Tensor, hist: torch.Tensor, lr: float) -> bool:
@@ -187,16 +187,16 @@ class Trainer:
         return self._halted
 
     def _diverged(self, step: int) -> BaseException:
-        kept = RunDir(self.run_dir).checkpoint_files()
+        kept = RunDir(self.run_dir).latest_checkpoint()
         return agreed_error(self.dist.is_main,
                             f"the loss became NaN/inf by step {step}: lower --lr (or use --precision fp32); "
-                            + (f"last good checkpoint kept: {kept[-1]}" if kept else "no checkpoint was written yet"))
+                            + (f"last good checkpoint kept: {kept}" if kept else "no checkpoint was written yet"))
 
     def _out_of_memory(self) -> BaseException:
         """One line: the batch that did not fit, the flags that would, and the checkpoint kept for --resume."""
         self.nets.optimizer.zero_grad(set_to_none=True)
-        kept = RunDir(self.run_dir).checkpoint_files()
-        after = (f"checkpoint kept: {kept[-1]}; continue from it with the same command plus --output {self.run_dir} "
+        kept = RunDir(self.run_dir).latest_checkpoint()
+        after = (f"checkpoint kept: {kept}; continue from it with the same command plus --output {self.run_dir} "
                  "--resume and the new flags" if kept else "no checkpoint was written yet: start again with them")
         return MustError(f"{memory_advice(self.plan.per_process, self.cfg.accum_steps, self.plan.world, self.cfg.grad_checkpointing)}; {after}")
 

@@ -27,7 +27,7 @@ from must_cli.method.priors import as_metadata, resolve_prior, zero_shot_probs
 from must_cli.base.progress import Reporter
 from must_cli.commands.report.build import reported_when_done
 from must_cli.files.fingerprint import run_fingerprint
-from must_cli.files.run_dir import MODEL_FILE, RunDir, prune_checkpoints
+from must_cli.files.run_dir import RunDir, prune_checkpoints
 from must_cli.files.runs import point_latest
 from must_cli.base.runtime import Autocast, autocast_for, default_workers, thread_budget
 from must_cli.training.tensorboard_log import TensorBoardLog, TensorBoardReporter
@@ -99,7 +99,7 @@ def train_and_ship(setup: Setup, out: Path, resume_from: Path | None) -> AdaptRe
         note, changed = (guard_and_ship(setup, out, run, zero_shot_labels, prior_meta) if dist.is_main
                          else (None, None))
     finish(device)
-    return AdaptResult(out, out / MODEL_FILE, metrics, setup.skipped, note, prior_meta, changed=changed)
+    return AdaptResult(out, RunDir(out).model_file, metrics, setup.skipped, note, prior_meta, changed=changed)
 
 
 def launch(setup: Setup, out: Path, resume_from: Path | None) -> Launch:
@@ -195,6 +195,6 @@ def ship(out: Path, final: MustModel, setup: Setup, guard_note: str | None, clas
         "source_model": {"model": cfg.model, "pretrained": cfg.pretrained},
         "chosen": "zero-shot (guard)" if guard_note else "ema-teacher", "class_prior": class_prior,
     }
-    save_model(out / MODEL_FILE, final, meta)
+    save_model(RunDir(out).model_file, final, meta)
     prune_checkpoints(RunDir(out).checkpoints, cfg.keep_checkpoints)
     point_latest(out)
